@@ -106,9 +106,10 @@ def _check_integer_target(column, values: np.ndarray, source_float: bool, target
 
 
 def _narrow_float(values: np.ndarray, target: str) -> np.ndarray:
-    if target == "bfloat16":
-        return float32_to_bfloat16_bits(values.astype(np.float32))
-    return values.astype(target)
+    with np.errstate(over="ignore"):  # overflow to inf is reported by the caller, with its row
+        if target == "bfloat16":
+            return float32_to_bfloat16_bits(values.astype(np.float32))
+        return values.astype(target)
 
 
 def _widen_float(narrowed: np.ndarray, target: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List, Value
 
-from .dtypes import to_arrow
+from .dtypes import to_numpy
 from .plan import ColumnDtype, DtypePlan
 
 __all__ = ["plan_of", "plan_of_features", "record_plan"]
@@ -51,7 +51,7 @@ def record_plan(features: Features, plan: DtypePlan) -> Features:
         payload = {"column": entry.to_dict()}
         if name in carried:
             payload["carries"] = carried[name]
-        leaf = Value(str(to_arrow(entry.storage)), id=_MARKER + json.dumps(payload, separators=(",", ":")))
+        leaf = Value(to_numpy(entry.storage).name, id=_MARKER + json.dumps(payload, separators=(",", ":")))
         out[name] = _replace_leaf(features[name], leaf)
     return out
 

@@ -104,6 +104,8 @@ def _compact_split(dataset: Dataset, plan: DtypePlan | Mapping | None, *, exact:
     for name in plan.derived:
         features.pop(name, None)
     derived_present = [name for name in plan.derived if name in dataset.column_names]
+    if len(dataset) == 0:  # map skips empty datasets, features included
+        return Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
     compacted = dataset.with_format("arrow").map(
         _BatchCaster(plan, plan_of(dataset), exact),
         batched=True,

@@ -1,0 +1,143 @@
+import json
+
+import datasets
+import numpy as np
+import pytest
+
+import hf_dtype as hd
+from hf_dtype import ColumnDtype, DtypePlan
+
+PLAN_DICT = {
+    "input_ids": {"storage": "uint16", "compute": "int64", "pad": 0},
+    "labels": {"storage": "int8", "compute": "int64", "pad": -100},
+    "attention_mask": {"derived": "ones", "compute": "bool"},
+}
+
+
+def test_plan_round_trips_through_dict_and_json(tmp_path):
+    plan = DtypePlan.from_dict(PLAN_DICT)
+    assert plan.to_dict() == PLAN_DICT
+    assert DtypePlan.from_json(plan.to_json()) == plan
+    path = tmp_path / "plan.json"
+    plan.to_json(path)
+    assert DtypePlan.from_json(path) == plan
+    assert json.loads(path.read_text()) == PLAN_DICT
+
+
+def test_plan_accepts_bare_dtype_names_and_aliases():
+    plan = DtypePlan.from_dict({"input_ids": "uint16", "features": {"storage": "bf16"}, "mask": np.bool_})
+    assert plan["input_ids"] == ColumnDtype(storage="uint16")
+    assert plan["features"].storage == "bfloat16"
+    assert plan["features"].served_dtype == "float32"
+    assert plan["mask"].served_dtype == "bool"
+    assert plan["input_ids"].served_dtype == "int64"
+
+
+def test_plan_prints_as_a_table():
+    text = str(DtypePlan.from_dict(PLAN_DICT))
+    assert text.splitlines()[0].split() == ["column", "storage", "compute", "pad"]
+    assert "derived: ones" in text and "-100" in text
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ({"storage": "uint12"}, r"Column 'x': Unknown dtype 'uint12'"),
+        ({"storage": "uint8", "pad": -100}, r"Pad value -100 does not fit storage dtype uint8.*signed"),
+        ({"derived": "twos"}, r"Unknown derived kind 'twos'"),
+        ({"derived": "ones", "storage": "int8"}, r"not stored, so it takes no storage dtype"),
+        ({"compute": "int64"}, r"needs a storage dtype, or derived"),
+        ({"storage": "int8", "colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+    ],
+)
+def test_bad_entries_are_rejected_with_the_reason(entry, match):
+    with pytest.raises(ValueError, match=match):
+        DtypePlan.from_dict({"x": entry})
+
+
+def test_derived_column_must_follow_a_stored_column():
+    with pytest.raises(ValueError, match="takes its lengths from 'nope'"):
+        DtypePlan.from_dict({"mask": {"derived": "ones", "lengths_from": "nope"}})
+
+
+def test_plan_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Cannot read plan file"):
+        DtypePlan.from_json(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="JSON object"):
+        DtypePlan.from_json(bad)
+
+
+def test_infer_plan_on_tokenized_conll(tokenized):
+    plan = hd.infer_plan(tokenized)
+    assert plan["input_ids"] == ColumnDtype(storage="uint16", compute="int64", pad=0)
+    assert plan["labels"] == ColumnDtype(storage="int8", compute="int64", pad=-100)
+    assert plan["attention_mask"] == ColumnDtype(derived="ones", compute="int64", lengths_from="input_ids")
+    assert plan["token_type_ids"] == ColumnDtype(derived="zeros", compute="int64", lengths_from="input_ids")
+
+
+def test_infer_plan_without_derivation_stores_masks_as_bool(tokenized):
+    plan = hd.infer_plan(tokenized, derive=False)
+    assert plan["attention_mask"].storage == "bool"
+    assert plan["attention_mask"].served_dtype == "int64"
+
+
+def test_infer_plan_widens_for_vocab_and_pad(tokenized):
+    ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]], "labels": [[0, 1, 2]]})
+    assert hd.infer_plan(ds)["input_ids"].storage == "uint8"
+    assert hd.infer_plan(ds, vocab_size=30522)["input_ids"].storage == "uint16"
+    assert hd.infer_plan(ds, pad_token_id=300)["input_ids"] == ColumnDtype(storage="uint16", compute="int64", pad=300)
+    assert hd.infer_plan(ds)["labels"].storage == "int8"  # the -100 pad needs a sign
+
+
+def test_infer_plan_floats_only_when_asked_and_safe():
+    ds = datasets.Dataset.from_dict({"small": [0.5, -2.0], "huge": [1e6, 2.0]})
+    assert hd.infer_plan(ds)["small"].storage == "float64"
+    plan = hd.infer_plan(ds, floats="fp16")
+    assert plan["small"].storage == "float16"
+    assert plan["huge"].storage == "float64"  # 1e6 overflows float16
+    assert hd.infer_plan(ds, floats="bf16")["huge"] == ColumnDtype(storage="bfloat16", compute="bfloat16")
+    with pytest.raises(ValueError, match="floats must be 'float16' or 'bfloat16'"):
+        hd.infer_plan(ds, floats="int8")
+
+
+def test_infer_plan_scalar_columns_and_bool():
+    ds = datasets.Dataset.from_dict({"label": [0, 1, 1], "flag": [True, False, True], "year": [1996, 2003, 2024]})
+    plan = hd.infer_plan(ds)
+    assert plan["label"] == ColumnDtype(storage="bool", compute="int64")
+    assert plan["flag"] == ColumnDtype(storage="bool", compute="bool")
+    assert plan["year"].storage == "uint16" and plan["year"].pad is None
+
+
+def test_infer_plan_skips_nulls_strings_and_classlabels():
+    features = datasets.Features({
+        "maybe": datasets.Value("int64"), "text": datasets.Value("string"),
+        "tag": datasets.ClassLabel(names=["neg", "pos"]), "nothing": datasets.Value("null"),
+    })
+    ds = datasets.Dataset.from_dict({"maybe": [1, None], "text": ["a", "b"], "tag": [0, 1], "nothing": [None, None]}, features=features)
+    assert len(hd.infer_plan(ds)) == 0
+
+
+def test_infer_plan_on_an_empty_dataset_keeps_dtypes(tokenized):
+    empty = tokenized.select([])
+    plan = hd.infer_plan(empty)
+    assert plan["input_ids"].storage == "int32"
+    assert plan["labels"].storage == "int64"
+
+
+def test_infer_plan_holds_every_split(tokenized):
+    big = tokenized.map(lambda row: {"labels": [70000 if x == 3 else x for x in row["labels"]]})
+    plan = hd.infer_plan(datasets.DatasetDict({"train": tokenized, "validation": big}))
+    assert plan["labels"].storage == "int32"
+
+
+def test_derived_needs_matching_lengths():
+    ds = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8]], "mask": [[1, 1], [1, 1]]})
+    assert hd.infer_plan(ds)["mask"].storage == "bool"
+
+
+def test_infer_plan_columns_argument(tokenized):
+    assert list(hd.infer_plan(tokenized, columns=["labels"])) == ["labels"]
+    with pytest.raises(ValueError, match=r"Cannot plan column\(s\) \['tokens'\]"):
+        hd.infer_plan(tokenized, columns=["tokens"])
