@@ -126,10 +126,11 @@ def _check_float_target(column, values: np.ndarray, narrowed: np.ndarray, target
         _fail(column, rows, levels, i, f"value {values[i]} overflows {target} to inf; {wider} holds it.")
     if not exact or source.size == 0:
         return
-    both_nan = np.isnan(back) & np.isnan(source)
-    error = np.where(both_nan, 0.0, np.abs(back - source))
-    if np.nanmax(error) > 0 or np.isnan(error).any():
-        i = int(np.nanargmax(error))
+    mismatch = ~((back == source) | (np.isnan(back) & np.isnan(source)))
+    if mismatch.any():
+        with np.errstate(invalid="ignore"):
+            error = np.where(mismatch, np.abs(back - source), 0.0)
+        i = int(np.argmax(error))
         _fail(column, rows, levels, i, f"{target} is not exact: value {values[i]} becomes {back[i]} (largest error {error[i]:.6g}).")
 
 

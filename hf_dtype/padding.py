@@ -1,0 +1,105 @@
+"""The pad kernel: ragged rows, given as start positions and lengths in a flat buffer, into one 2-D array.
+
+Pure numpy and vectorized: one fill, one boolean mask, one gather per column, whatever the batch
+size; no loop over rows. The caller supplies the flat values (or a ``take`` function for values
+that are not one numpy array, such as bit-packed Arrow booleans or buffers split across files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "length_mask", "pad_rows", "padded_width", "truncate"]
+
+PADDING_SIDES = ("right", "left")
+WIDEN_MODES = ("device", "cpu")
+
+
+def _positive_or_none(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class PadOptions:
+    """How a batch is padded and served; checked once, when built.
+
+    Args:
+        pad_to_multiple_of: round the padded width up to a multiple of this (8 for tensor cores).
+        max_length: keep at most the first ``max_length`` values of each row.
+        padding_side: ``"right"`` (pad after the values) or ``"left"`` (pad before them).
+        widen: ``"device"`` keeps the storage dtypes (widen after the transfer with ``plan.widen``),
+            ``"cpu"`` serves the compute dtypes.
+    """
+
+    pad_to_multiple_of: int | None = None
+    max_length: int | None = None
+    padding_side: str = "right"
+    widen: str = "device"
+
+    def __post_init__(self) -> None:
+        _positive_or_none("pad_to_multiple_of", self.pad_to_multiple_of)
+        _positive_or_none("max_length", self.max_length)
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}; got {self.padding_side!r}.")
+        if self.widen not in WIDEN_MODES:
+            raise ValueError(
+                f"widen must be one of {WIDEN_MODES} ('device': storage dtypes, widen after the transfer with plan.widen; "
+                f"'cpu': compute dtypes); got {self.widen!r}."
+            )
+
+
+def truncate(lengths: np.ndarray, max_length: int | None) -> np.ndarray:
+    """Row lengths after keeping at most the first ``max_length`` values of each row."""
+    return lengths if max_length is None else np.minimum(lengths, max_length)
+
+
+def padded_width(lengths: np.ndarray, pad_to_multiple_of: int | None = None) -> int:
+    """The longest of ``lengths`` (0 for an empty batch), rounded up to a multiple of ``pad_to_multiple_of``."""
+    width = int(lengths.max()) if len(lengths) else 0
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    return width
+
+
+def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") -> np.ndarray:
+    """A ``(rows, width)`` bool array that is True where a row has a value, False where it is padded."""
+    columns = np.arange(width)
+    if padding_side == "left":
+        return columns >= (width - lengths)[:, None]
+    return columns < lengths[:, None]
+
+
+def pad_rows(
+    values: np.ndarray | Callable[[np.ndarray, np.ndarray], np.ndarray],
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    width: int,
+    pad: int | float,
+    dtype: np.dtype,
+    padding_side: str = "right",
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rows ``values[starts[i] : starts[i] + lengths[i]]`` in a ``(rows, width)`` array filled with ``pad``.
+
+    ``lengths`` must already be truncated to at most ``width``. ``values`` is a flat array, or a
+    function ``take(positions, groups)`` that returns the values at flat ``positions``, where
+    ``groups`` (one per position, from the per-row ``groups``) says which buffer each lies in.
+    """
+    out = np.full((len(lengths), width), pad, dtype=dtype)
+    if not len(lengths) or not width:
+        return out
+    mask = length_mask(lengths, width, padding_side)
+    shift = starts if padding_side == "right" else starts - (width - lengths)
+    positions = (shift[:, None] + np.arange(width))[mask]
+    if callable(values):
+        out[mask] = values(positions, None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+    else:
+        out[mask] = values[positions]
+    return out
