@@ -5,10 +5,12 @@ the model needs (the ``"hf_dtype"`` format or ``DtypeTransform``), and pad batch
 the Arrow buffers.
 """
 
+from .batching import PaddingCollator, pad_batch
 from .casting import LossyCastError
 from .dtypes import canonical_dtype
 from .formatting import DtypeTransform, HfDtypeFormatter
 from .inference import infer_plan
+from .loading import dataloader
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
 from .storage import compact
@@ -19,9 +21,12 @@ __all__ = [
     "DtypeTransform",
     "HfDtypeFormatter",
     "LossyCastError",
+    "PaddingCollator",
     "canonical_dtype",
     "compact",
+    "dataloader",
     "infer_plan",
+    "pad_batch",
     "plan_of",
 ]
 

@@ -41,7 +41,7 @@ class FlatBuffers:
         self.group = np.zeros(len(buffers), dtype=np.int64)
         blocks: dict[tuple[int, int], int] = {}
         size = self.dtype.itemsize
-        for chunk, (buffer, first) in enumerate(zip(buffers, firsts)):
+        for chunk, (buffer, first) in enumerate(zip(buffers, firsts, strict=True)):
             if buffer is None or buffer.size == 0:
                 continue
             root = _root(buffer)
@@ -51,7 +51,8 @@ class FlatBuffers:
             key = (root.address, root.size)
             if key not in blocks:
                 blocks[key] = len(self.views)
-                self.views.append(np.frombuffer(root, dtype=np.uint8 if self.bits else self.dtype, count=root.size // (1 if self.bits else size)))
+                view_dtype = np.uint8 if self.bits else self.dtype
+                self.views.append(np.frombuffer(root, dtype=view_dtype, count=root.size // np.dtype(view_dtype).itemsize))
             self.group[chunk] = blocks[key]
             self.base[chunk] = delta * 8 + first if self.bits else delta // size + first
         if not self.views:

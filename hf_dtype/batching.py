@@ -1,0 +1,325 @@
+"""Padded batches, vectorized: straight from a dataset's Arrow buffers (``BatchFetcher``), or from rows (``pad_batch``).
+
+Per column one step: offsets → lengths → gather → fill, with numpy, whatever the batch size. A
+batch comes out in the storage dtypes (``widen="device"``: uint16 ids, int8 labels, bool masks, so
+fewer bytes cross to the device; ``plan.widen(batch)`` there) or in the compute dtypes
+(``widen="cpu"``, equal to ``plan.widen`` of the device batch). Derived columns are rebuilt from
+their source column's row lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+from .arrow_views import ArrowColumn, column_kind
+from .casting import LossyCastError
+from .dtypes import canonical_dtype, float32_to_bfloat16_bits, integer_range, is_integer, to_torch
+from .padding import PadOptions, length_mask, pad_rows, padded_width, truncate
+from .plan import ColumnDtype, DtypePlan
+from .recording import plan_of
+from .widening import to_tensor, widen_batch
+
+__all__ = ["BatchFetcher", "PaddingCollator", "pad_batch", "resolve_batch_plan"]
+
+
+def _as_plan(plan: DtypePlan | Mapping | None, dataset: Dataset | None = None) -> DtypePlan:
+    if plan is None and dataset is not None:
+        plan = plan_of(dataset)
+        if plan is None:
+            raise ValueError("The dataset carries no dtype plan: pass plan= (a DtypePlan or its dict form), or compact the dataset first.")
+    if plan is None:
+        raise ValueError("A plan is needed: a DtypePlan or its dict form.")
+    return plan if isinstance(plan, DtypePlan) else DtypePlan.from_dict(plan)
+
+
+def _pad_fits(pad: int | float, dtype: np.dtype) -> bool:
+    if dtype.kind == "f":
+        return True
+    if isinstance(pad, float) and not pad.is_integer():
+        return False
+    low, high = integer_range(canonical_dtype(dtype))
+    return low <= pad <= high
+
+
+def _derived(entry: ColumnDtype, lengths: np.ndarray, width: int, padding_side: str) -> np.ndarray:
+    """A derived column as bool: True where an all-ones row has a value; all False for zeros and for padding."""
+    if entry.derived == "ones":
+        return length_mask(lengths, width, padding_side)
+    return np.zeros((len(lengths), width), dtype=bool)
+
+
+# --- batches from the Arrow buffers -------------------------------------------------------------
+
+
+def resolve_batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
+    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked."""
+    schema = dataset.data.table.schema
+    present = set(schema.names)
+    kinds = {name: column_kind(schema.field(name).type) for name in schema.names}
+    sequences = [name for name in plan if name in present and kinds[name] == "list"]
+    entries = dict(plan.columns)
+    for name, entry in plan.derived.items():
+        if entry.lengths_from is None and name not in present:
+            source = "input_ids" if "input_ids" in sequences else (sequences[0] if sequences else None)
+            entries[name] = ColumnDtype(**{**entry.to_dict(), "lengths_from": source}) if source else entry
+
+    def servable(name: str) -> bool:
+        if name in present:
+            return kinds[name] in ("scalar", "list", "nested")
+        entry = entries.get(name)
+        return entry is not None and entry.derived is not None and entry.lengths_from in present
+
+    if columns is None:
+        chosen = [name for name in entries if servable(name) and kinds.get(name) != "nested"]
+    else:
+        chosen = [columns] if isinstance(columns, str) else list(columns)
+        unknown = [name for name in chosen if not servable(name) and name not in present]
+        if unknown:
+            derived = [name for name, entry in entries.items() if entry.derived is not None]
+            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
+                             f"or derived columns of the plan {derived}.")
+    for name in chosen:
+        if name in present and kinds[name] in (None, "nested"):
+            what = "lists of lists" if kinds[name] == "nested" else f"{schema.field(name).type} values"
+            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched.")
+        entry = entries.get(name)
+        if entry is not None and entry.derived is not None and name not in present and kinds.get(entry.lengths_from) != "list":
+            raise ValueError(f"Derived column {name!r} takes its row lengths from {entry.lengths_from!r}, which is not a list column.")
+        if entry is None:
+            from .dtypes import arrow_leaf_dtype
+
+            entries[name] = ColumnDtype(storage=arrow_leaf_dtype(schema.field(name).type))
+    return DtypePlan(entries), chosen
+
+
+class BatchFetcher:
+    """The map-style dataset of a loader: ``__getitems__(indices)`` returns the whole padded batch.
+
+    It holds the ``datasets.Dataset`` (which pickles by file path when memory-mapped) and builds its
+    numpy views of the Arrow buffers lazily in each process, so it goes to spawn workers as is.
+    """
+
+    def __init__(self, dataset: Dataset, plan: DtypePlan, columns: list[str], options: PadOptions) -> None:
+        self.dataset = dataset
+        self.plan = plan
+        self.columns = columns
+        self.options = options
+        self._views: dict[str, ArrowColumn] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_views": None}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _arrow(self) -> dict[str, ArrowColumn]:
+        if self._views is None:
+            table = self.dataset.data.table
+            needed = {name for name in self.columns if name in table.column_names}
+            needed |= {self.plan[name].lengths_from for name in self.columns if name not in table.column_names}
+            views = {name: ArrowColumn(name, table.column(name)) for name in needed}
+            indices = self.dataset._indices
+            if indices is not None:
+                views[None] = ArrowColumn("indices", indices.table.column(0))
+            self._views = views
+        return self._views
+
+    def _positions(self, indices: Sequence[int]) -> np.ndarray:
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        size = len(self.dataset)
+        if rows.size and (rows.min() < 0 or rows.max() >= size):
+            bad = int(rows[(rows < 0) | (rows >= size)][0])
+            raise IndexError(f"Row {bad} is out of range for a dataset of {size} rows.")
+        mapping = self._arrow().get(None)
+        return rows if mapping is None else mapping.scalars(rows).astype(np.int64)
+
+    def _pad_value(self, entry: ColumnDtype, dtype: np.dtype) -> tuple[Any, np.dtype]:
+        pad = entry.pad_value
+        if entry.storage == "bfloat16" and dtype == np.uint16:
+            return float32_to_bfloat16_bits(np.array([pad], dtype=np.float32))[0], dtype
+        if _pad_fits(pad, dtype):
+            return pad, dtype
+        served = entry.served_dtype
+        return pad, np.dtype("float32" if served == "bfloat16" else served)  # the stored dtype cannot hold the pad
+
+    def batch(self, indices: Sequence[int], *, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
+        """The padded batch of dataset rows ``indices``; ``pad_to_multiple_of`` overrides the options'."""
+        options = self.options
+        multiple = options.pad_to_multiple_of if pad_to_multiple_of is None else pad_to_multiple_of
+        views = self._arrow()
+        rows = self._positions(indices)
+        shapes: dict[str, tuple[np.ndarray, int]] = {}
+
+        def shape_of(name: str) -> tuple[np.ndarray, int]:
+            if name not in shapes:
+                lengths = truncate(views[name].lengths(rows), options.max_length)
+                shapes[name] = lengths, padded_width(lengths, multiple)
+            return shapes[name]
+
+        out = {}
+        for name in self.columns:
+            entry = self.plan[name]
+            column = views.get(name)
+            if column is None:
+                lengths, width = shape_of(entry.lengths_from)
+                values = _derived(entry, lengths, width, options.padding_side)
+            elif not column.is_list:
+                values = column.scalars(rows)
+            else:
+                starts, lengths, groups = column.spans(rows)
+                lengths = truncate(lengths, options.max_length)
+                width = padded_width(lengths, multiple)
+                shapes[name] = lengths, width
+                pad, dtype = self._pad_value(entry, column.dtype)
+                values = pad_rows(column.values.take, starts, lengths, width=width, pad=pad, dtype=dtype,
+                                  padding_side=options.padding_side, groups=groups)
+            out[name] = to_tensor(values, entry, widen=False)
+        return widen_batch(self.plan, out) if options.widen == "cpu" else out
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        return self.batch(indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Row ``index``, unpadded: a batch of one, without its batch dimension."""
+        return {name: value[0] for name, value in self.batch([index], pad_to_multiple_of=1).items()}
+
+
+# --- batches from rows --------------------------------------------------------------------------
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; numpy has no bfloat16, float32 holds it exactly
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == to_torch("bfloat16") else value).numpy()
+    return np.asarray(value)
+
+
+def _working_dtype(dtype: np.dtype) -> np.dtype:
+    """Values are padded in a dtype that holds any pad (-100 included), and cast once at the end."""
+    return np.dtype(np.int64) if dtype.kind in "iu" else dtype
+
+
+def _cast(tensor, target: str, column: str):
+    """``tensor`` in dtype ``target``, or a LossyCastError when an integer value does not fit it."""
+    if is_integer(target) and tensor.numel() and not tensor.dtype.is_floating_point and tensor.dtype != to_torch("bool"):
+        low, high = integer_range(target)
+        smallest, largest = int(tensor.min()), int(tensor.max())
+        if smallest < low or largest > high:
+            bad = smallest if smallest < low else largest
+            raise LossyCastError(f"Column {column!r}: value {bad} does not fit {target}, which holds [{low}, {high}].")
+    return tensor.to(to_torch(target))
+
+
+def _implicit_entry(dtype: np.dtype) -> ColumnDtype:
+    """How an unplanned column is served: as ``torch.tensor`` would make it (int64, float32, bool)."""
+    return ColumnDtype(storage="bool" if dtype.kind == "b" else "int64" if dtype.kind in "iu" else "float32")
+
+
+def _target(entry: ColumnDtype, widen: str) -> str:
+    if widen == "cpu":
+        return entry.served_dtype
+    return entry.storage if entry.storage is not None else "bool"
+
+
+def _pad_column(name: str, values: list[Any], entry: ColumnDtype | None, options: PadOptions):
+    import torch
+
+    arrays = [_as_numpy(value) for value in values]
+    depth = arrays[0].ndim if arrays else 0
+    if any(array.ndim != depth for array in arrays) or depth > 1:
+        raise ValueError(f"Column {name!r}: rows must all be numbers or all be flat lists of numbers; "
+                         f"found {sorted({array.ndim for array in arrays})}-dimensional rows (lists of lists cannot be padded).")
+    filled = [array for array in arrays if array.size] or arrays
+    dtype = np.result_type(*filled) if filled else np.dtype(np.int64)
+    if dtype.kind not in "biuf":
+        raise ValueError(f"Column {name!r} holds {dtype} values; only numbers and lists of numbers can be padded.")
+    entry = entry or _implicit_entry(dtype)
+    if depth == 0:
+        padded, lengths = np.stack(arrays).astype(_working_dtype(dtype)), None
+    else:
+        lengths = truncate(np.array([len(array) for array in arrays], dtype=np.int64), options.max_length)
+        flat = np.concatenate([array[:length] for array, length in zip(arrays, lengths, strict=True)]) if arrays else np.zeros(0, dtype)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        width = padded_width(lengths, options.pad_to_multiple_of)
+        padded = pad_rows(flat, starts, lengths, width=width, pad=entry.pad_value,
+                          dtype=_working_dtype(dtype), padding_side=options.padding_side)
+    return _cast(torch.from_numpy(padded), _target(entry, options.widen), name), lengths
+
+
+def pad_batch(
+    rows: Sequence[Mapping[str, Any]],
+    plan: DtypePlan | Mapping,
+    *,
+    pad_to_multiple_of: int | None = None,
+    max_length: int | None = None,
+    padding_side: str = "right",
+    widen: str = "cpu",
+) -> dict[str, Any]:
+    """Pad ``rows`` (dicts of lists, numpy arrays or tensors) into one batch of tensors, per the plan.
+
+    List values are padded to the longest row (rounded up to ``pad_to_multiple_of``) with their
+    column's pad value; numbers become a 1-D tensor; derived columns missing from the rows are
+    rebuilt from their source's row lengths; non-numeric values stay a list. ``widen="cpu"`` gives
+    the compute dtypes, ``"device"`` the storage dtypes. Keys are kept as they are (``label`` is not
+    renamed to ``labels``).
+    """
+    plan = _as_plan(plan)
+    options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
+    if not rows:
+        return {}
+    names = list(rows[0])
+    missing = [(i, name) for i, row in enumerate(rows) for name in names if name not in row]
+    if missing:
+        raise ValueError(f"Row {missing[0][0]} has no {missing[0][1]!r}; every row needs the keys of the first row {names}.")
+    out, lengths_of = {}, {}
+    for name in names:
+        values = [row[name] for row in rows]
+        if isinstance(values[0], (str, bytes)) or (isinstance(values[0], (list, tuple)) and values[0] and isinstance(values[0][0], str)):
+            out[name] = values
+            continue
+        out[name], lengths = _pad_column(name, values, plan.columns.get(name), options)
+        if lengths is not None:
+            lengths_of[name] = (lengths, out[name].shape[1])
+    _add_derived(out, plan, lengths_of, options)
+    return out
+
+
+def _add_derived(out: dict[str, Any], plan: DtypePlan, lengths_of: dict, options: PadOptions) -> None:
+    import torch
+
+    sources = [name for name in lengths_of]
+    for name, entry in plan.derived.items():
+        source = entry.lengths_from or ("input_ids" if "input_ids" in sources else sources[0] if sources else None)
+        if name in out or source not in lengths_of:
+            continue
+        lengths, width = lengths_of[source]
+        mask = _derived(entry, lengths, width, options.padding_side)
+        out[name] = _cast(torch.from_numpy(mask), _target(entry, options.widen), name)
+
+
+class PaddingCollator:
+    """A ``collate_fn`` for a row-wise ``DataLoader``: a vectorized drop-in for ``DataCollatorWithPadding``
+    and ``DataCollatorForTokenClassification``, padding each column with its plan's pad value.
+
+    Args:
+        plan: the dtype plan (pad values, compute and storage dtypes, derived columns).
+        pad_to_multiple_of, max_length, padding_side: as in ``hf_dtype.dataloader``.
+        widen: ``"cpu"`` (default) for compute dtypes, ``"device"`` for storage dtypes.
+    """
+
+    def __init__(self, plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None, max_length: int | None = None,
+                 padding_side: str = "right", widen: str = "cpu") -> None:
+        self.plan = _as_plan(plan)
+        self.options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        options = self.options
+        return pad_batch(rows, self.plan, pad_to_multiple_of=options.pad_to_multiple_of, max_length=options.max_length,
+                         padding_side=options.padding_side, widen=options.widen)
+
+    def __repr__(self) -> str:
+        return f"PaddingCollator({self.plan!r}, {self.options})"
