@@ -1,0 +1,242 @@
+"""``hf-dtype``: inspect a dataset's column dtypes, and write its compact form.
+
+    hf-dtype inspect PATH [--json]
+    hf-dtype compact IN OUT [--plan auto|FILE.json] [--column NAME=STORAGE[:COMPUTE]]... [--overwrite]
+
+PATH / IN is a folder written by ``save_to_disk`` (a Dataset or a DatasetDict) or a Parquet,
+JSON Lines, JSON or CSV file. ``OUT`` appears whole or not at all, and ``IN`` is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from .casting import LossyCastError
+from .inference import ColumnStats, column_stats, infer_plan
+from .plan import ColumnDtype, DtypePlan
+from .storage import compact
+
+__all__ = ["main"]
+
+_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+class CliError(Exception):
+    """A bad argument or input: reported as one line, exit status 2."""
+
+
+def load(path: str) -> Dataset | DatasetDict:
+    """Load a ``save_to_disk`` folder or a Parquet / JSON / CSV file."""
+    location = Path(path)
+    if not location.exists():
+        raise CliError(f"{path}: no such file or folder; expected a save_to_disk folder or a .parquet/.jsonl/.json/.csv file.")
+    try:
+        if location.is_dir():
+            return datasets.load_from_disk(str(location))
+        builder = _FILE_BUILDERS.get(location.suffix.lower())
+        if builder is None:
+            raise CliError(f"{path}: unknown file type {location.suffix!r}; expected one of {', '.join(_FILE_BUILDERS)}.")
+        return datasets.load_dataset(builder, data_files=str(location), split="train")
+    except CliError:
+        raise
+    except Exception as error:  # datasets and pyarrow raise many kinds for unreadable data
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CliError(f"{path}: cannot read a dataset there ({reason}).") from None
+
+
+def _splits(dataset: Dataset | DatasetDict) -> dict[str, Dataset]:
+    return dict(dataset) if isinstance(dataset, DatasetDict) else {"": dataset}
+
+
+def _itemsize(dtype: str | None) -> float:
+    if dtype is None:
+        return 0.0
+    if dtype == "bool":
+        return 1 / 8
+    return 2 if dtype == "bfloat16" else int(dtype.removeprefix("uint").removeprefix("int").removeprefix("float")) / 8
+
+
+def projected_nbytes(stats: ColumnStats, entry: ColumnDtype | None) -> int:
+    """The Arrow bytes of the column once stored as ``entry`` says (offsets unchanged, derived columns 0)."""
+    if entry is None:
+        return stats.nbytes
+    if entry.derived is not None:
+        return 0
+    return round(stats.nbytes - stats.values * _itemsize(stats.dtype) + stats.values * _itemsize(entry.storage))
+
+
+def inspect_report(dataset: Dataset | DatasetDict) -> dict:
+    """Per column: storage dtype, bytes, value range, proposed dtype and bytes saved; and totals."""
+    splits = _splits(dataset)
+    plan = infer_plan(dataset)
+    columns: dict[str, dict] = {}
+    for part in splits.values():
+        stats = column_stats(part)
+        for name in part.column_names:
+            row = columns.setdefault(name, {"column": name, "dtype": str(part.features[name]), "bytes": 0, "proposed_bytes": 0,
+                                            "min": None, "max": None})
+            nbytes = part.data.column(name).nbytes
+            row["bytes"] += nbytes
+            if name not in stats:
+                row["proposed_bytes"] += nbytes
+                continue
+            column = stats[name]
+            row["dtype"] = column.dtype
+            row["min"] = column.minimum if row["min"] is None else min(row["min"], column.minimum)
+            row["max"] = column.maximum if row["max"] is None else max(row["max"], column.maximum)
+            row["proposed_bytes"] += projected_nbytes(column, plan.columns.get(name))
+    for name, row in columns.items():
+        entry = plan.columns.get(name)
+        row["proposed"] = None if entry is None else (entry.storage or f"derived:{entry.derived}")
+        row["saved_bytes"] = row["bytes"] - row["proposed_bytes"]
+    total = sum(row["bytes"] for row in columns.values())
+    proposed = sum(row["proposed_bytes"] for row in columns.values())
+    return {
+        "rows": {split or "all": len(part) for split, part in splits.items()},
+        "columns": list(columns.values()),
+        "total_bytes": total,
+        "proposed_bytes": proposed,
+        "ratio": proposed / total if total else 1.0,
+        "plan": plan.to_dict(),
+    }
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _print_report(report: dict) -> None:
+    header = ("column", "dtype", "bytes", "range", "proposed", "bytes after", "saved")
+    rows = [header]
+    for row in report["columns"]:
+        value_range = "" if row["min"] is None else f"[{row['min']:g}, {row['max']:g}]"
+        rows.append((row["column"], row["dtype"][:40], _format_bytes(row["bytes"]), value_range, row["proposed"] or "-",
+                     _format_bytes(row["proposed_bytes"]), _format_bytes(row["saved_bytes"])))
+    rows.append(("total", "", _format_bytes(report["total_bytes"]), "", "", _format_bytes(report["proposed_bytes"]),
+                 f"{_format_bytes(report['total_bytes'] - report['proposed_bytes'])} ({report['ratio']:.2f}x)"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    print("rows: " + ", ".join(f"{split} {n:,}" for split, n in report["rows"].items()))
+    for i, row in enumerate(rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if i == 0 or i == len(rows) - 2:
+            print("  ".join("-" * width for width in widths))
+
+
+def parse_column_option(option: str, base: DtypePlan) -> tuple[str, ColumnDtype]:
+    """``NAME=STORAGE[:COMPUTE]`` → a column entry; the pad of ``base``'s entry for that column is kept."""
+    name, sep, dtypes = option.partition("=")
+    if not sep or not name or not dtypes:
+        raise CliError(f"--column {option!r}: expected NAME=STORAGE[:COMPUTE], e.g. input_ids=uint16:int64.")
+    storage, _, compute = dtypes.partition(":")
+    previous = base.columns.get(name)
+    pad = previous.pad if previous is not None else None
+    try:
+        return name, ColumnDtype(storage=storage, compute=compute or None, pad=pad)
+    except ValueError as error:
+        raise CliError(f"--column {option!r}: {error}") from None
+
+
+def build_plan(dataset: Dataset | DatasetDict, plan_option: str, column_options: Sequence[str]) -> DtypePlan:
+    if plan_option == "auto":
+        plan = infer_plan(dataset)
+    else:
+        try:
+            plan = DtypePlan.from_json(Path(plan_option))
+        except (OSError, ValueError, TypeError) as error:
+            raise CliError(f"--plan {plan_option}: {error}") from None
+    return plan.update(dict(parse_column_option(option, plan) for option in column_options))
+
+
+def write_atomically(dataset: Dataset | DatasetDict, out: Path, overwrite: bool) -> None:
+    """``save_to_disk`` into a temporary sibling folder, then rename it into place."""
+    if out.exists() and not overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, retired / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    report = inspect_report(load(args.path))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+
+
+def _compact(args: argparse.Namespace) -> None:
+    source, out = Path(args.input).resolve(), Path(args.output).resolve()
+    if out == source or source in out.parents:
+        raise CliError(f"OUT {args.output} must lie outside IN {args.input}: IN is never modified.")
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it.")
+    dataset = load(args.input)
+    plan = build_plan(dataset, args.plan, args.column)
+    datasets.disable_caching()  # map would otherwise write its cache file into IN's folder
+    try:
+        compacted = compact(dataset, plan, exact=args.exact, num_proc=args.num_proc)
+        write_atomically(compacted, out, args.overwrite)
+    finally:
+        datasets.enable_caching()
+    before = sum(part.data.nbytes for part in _splits(dataset).values())
+    after = sum(part.data.nbytes for part in _splits(compacted).values())
+    print(plan)
+    print(f"wrote {out}: {_format_bytes(after)} of Arrow data, {after / before if before else 1:.2f}x of {_format_bytes(before)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-dtype", description="Per-column dtypes for Hugging Face datasets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="per column: dtype, bytes, value range, proposed dtype, bytes saved")
+    inspect.add_argument("path", help="a save_to_disk folder or a .parquet/.jsonl/.json/.csv file")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(run=_inspect)
+    compact_parser = commands.add_parser("compact", help="write the compact dataset (OUT appears whole or not at all)")
+    compact_parser.add_argument("input", metavar="IN")
+    compact_parser.add_argument("output", metavar="OUT")
+    compact_parser.add_argument("--plan", default="auto", help="'auto' (infer from the data, default) or a plan JSON file")
+    compact_parser.add_argument("--column", action="append", default=[], metavar="NAME=STORAGE[:COMPUTE]",
+                                help="override one column's dtypes; repeatable")
+    compact_parser.add_argument("--exact", action="store_true", help="require float narrowing to be exact")
+    compact_parser.add_argument("--num_proc", type=int, default=None, help="processes for the casting map")
+    compact_parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    compact_parser.set_defaults(run=_compact)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CliError, LossyCastError, ValueError) as error:
+        print(f"hf-dtype {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
