@@ -134,6 +134,20 @@ def _check_float_target(column, values: np.ndarray, narrowed: np.ndarray, target
         _fail(column, rows, levels, i, f"{target} is not exact: value {values[i]} becomes {back[i]} (largest error {error[i]:.6g}).")
 
 
+_NULLS = "a planned column needs every value present (fill or drop nulls first)"
+
+
+def _check_present(array: pa.Array, leaf: pa.Array, levels: list[np.ndarray], column: str, rows: Sequence[int]) -> None:
+    """Reject nulls and non-numeric leaves: a dtype plan has nothing to say about them."""
+    if array.null_count:
+        row = rows[int(np.argmax(~np.asarray(array.is_valid())))]
+        raise LossyCastError(f"Column {column!r}, row {row}: the row is null; {_NULLS}.")
+    if leaf.null_count:
+        _fail(column, rows, levels, int(np.argmax(~np.asarray(leaf.is_valid()))), f"a null value; {_NULLS}.")
+    if not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type) or pa.types.is_boolean(leaf.type)):
+        raise LossyCastError(f"Column {column!r} holds {leaf.type} values; a planned column must hold numbers (or lists of numbers).")
+
+
 def cast_array(
     array: pa.Array,
     target: str,
@@ -153,15 +167,8 @@ def cast_array(
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     rows = range(len(array)) if rows is None else rows
-    if array.null_count or (_is_list(array.type) and flatten_leaf(array)[0].null_count):
-        leaf, levels = flatten_leaf(array)
-        if array.null_count:
-            row = rows[int(np.argmax(~np.asarray(array.is_valid())))]
-            raise LossyCastError(f"Column {column!r}, row {row}: the row is null; a planned column needs every value present (fill or drop nulls first).")
-        _fail(column, rows, levels, int(np.argmax(~np.asarray(leaf.is_valid()))), "a null value; a planned column needs every value present (fill or drop nulls first).")
     leaf, levels = flatten_leaf(array)
-    if pa.types.is_null(leaf.type) or not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type) or pa.types.is_boolean(leaf.type)):
-        raise LossyCastError(f"Column {column!r} holds {leaf.type} values; a planned column must hold numbers (or lists of numbers).")
+    _check_present(array, leaf, levels, column, rows)
     values = leaf.to_numpy(zero_copy_only=False)
     if source_bfloat16:
         values = bfloat16_bits_to_float32(values)
@@ -174,7 +181,8 @@ def cast_array(
             inexact = back != values
             if inexact.any():
                 i = int(np.argmax(inexact))
-                _fail(column, rows, levels, i, f"integer {values[i]} is not exact in {target} (it becomes {back[i]:.0f}); use a wider dtype.")
+                message = f"integer {values[i]} is not exact in {target} (it becomes {back[i]:.0f}); use a wider dtype."
+                _fail(column, rows, levels, i, message)
         else:
             narrowed = _narrow_float(values, target)
             _check_float_target(column, values, narrowed, target, exact, rows, levels)

@@ -28,9 +28,9 @@ def nest(values: Any, levels: Sequence[np.ndarray]) -> Any:
         return values.reshape(shape)
     outer, inner = levels[0], levels[1:]
     if not inner:
-        return [values[start:stop] for start, stop in zip(outer[:-1].tolist(), outer[1:].tolist())]
+        return [values[start:stop] for start, stop in zip(outer[:-1].tolist(), outer[1:].tolist(), strict=True)]
     rows = []
-    for start, stop in zip(outer[:-1].tolist(), outer[1:].tolist()):
+    for start, stop in zip(outer[:-1].tolist(), outer[1:].tolist(), strict=True):
         row_levels = [inner[0][start:stop + 1]]
         for deeper in inner[1:]:
             row_levels.append(deeper[row_levels[-1][0]:row_levels[-1][-1] + 1])

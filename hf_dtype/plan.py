@@ -183,7 +183,7 @@ class DtypePlan(Mapping[str, ColumnDtype]):
             storage = entry.storage or f"derived: {entry.derived}" + (f" ({entry.lengths_from})" if entry.lengths_from else "")
             rows.append((name, storage, entry.served_dtype, "" if entry.pad is None else str(entry.pad)))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * width for width in widths))
         return "\n".join(lines)
 

@@ -81,6 +81,7 @@ def plan_of(dataset: Dataset | DatasetDict | Features) -> DtypePlan | None:
         plans = {split: plan_of_features(part.features) for split, part in dataset.items()}
         distinct = {json.dumps(p.to_dict() if p else None, sort_keys=True) for p in plans.values()}
         if len(distinct) > 1:
-            raise ValueError(f"The splits carry different plans: {({s: p and p.to_dict() for s, p in plans.items()})}; compact them with one plan.")
+            found = {split: plan and plan.to_dict() for split, plan in plans.items()}
+            raise ValueError(f"The splits carry different plans: {found}; compact them with one plan.")
         return next(iter(plans.values()), None)
     return plan_of_features(getattr(dataset, "features", None))

@@ -58,7 +58,8 @@ def test_bfloat16_bits_match_torch_rounding():
     values = np.concatenate([values, [0.0, -0.0, np.inf, -np.inf, 3.0e38, 1e-40, 1.0 + 2**-8]]).astype(np.float32)
     expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(float32_to_bfloat16_bits(values), expected)
-    np.testing.assert_array_equal(bfloat16_bits_to_float32(expected), torch.from_numpy(expected.view(np.int16)).view(torch.bfloat16).float().numpy())
+    as_float = torch.from_numpy(expected.view(np.int16)).view(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(bfloat16_bits_to_float32(expected), as_float)
 
 
 def test_bfloat16_nan_stays_nan():

@@ -180,7 +180,8 @@ def test_integers_into_floats_must_be_exact():
         ({"input_ids": "uint8"}, LossyCastError, r"Column 'input_ids', row 0: value 7327 does not fit uint8, .* \[0, 255\]; uint16 holds"),
         ({"labels": "uint8"}, LossyCastError, r"value -100 does not fit uint8, .* need a signed dtype\); int8 holds"),
         ({"labels": {"storage": "uint8", "pad": -100}}, ValueError, r"Pad value -100 does not fit storage dtype uint8"),
-        ({"input_ids": "uint16", "labels": {"derived": "zeros"}}, LossyCastError, r"Column 'labels', row 0: holds -100, so it is not all zeros"),
+        ({"input_ids": "uint16", "labels": {"derived": "zeros"}}, LossyCastError,
+         r"Column 'labels', row 0: holds -100, so it is not all zeros"),
     ],
 )
 def test_bad_plans_are_rejected(tokenized, plan, error, match):
@@ -230,5 +231,5 @@ def test_nested_lists_keep_their_shape():
 
 
 def test_compact_rejects_other_types():
-    with pytest.raises(TypeError, match="takes a datasets.Dataset or DatasetDict; got list"):
+    with pytest.raises(TypeError, match=r"takes a datasets\.Dataset or DatasetDict; got list"):
         hd.compact([1, 2])
