@@ -45,16 +45,17 @@ def with_leaf_type(arrow_type: pa.DataType, leaf: pa.DataType) -> pa.DataType:
 
 
 def flatten_leaf(array: pa.Array) -> tuple[pa.Array, list[np.ndarray]]:
-    """The leaf values of ``array`` and, per list level from the outside in, offsets starting at 0."""
+    """The leaf values of ``array`` (a zero-copy slice) and, per list level from the outside in, offsets from 0."""
     levels = []
     while _is_list(array.type):
         if pa.types.is_fixed_size_list(array.type):
             size = array.type.list_size
             levels.append(np.arange(len(array) + 1, dtype=np.int64) * size)
+            array = array.values.slice(array.offset * size, len(array) * size)
         else:
             offsets = array.offsets.to_numpy()
             levels.append(offsets - offsets[0])
-        array = array.flatten()
+            array = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     return array, levels
 
 

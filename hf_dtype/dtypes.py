@@ -6,6 +6,7 @@ bfloat16 column is stored as the uint16 bit pattern of each value and recognised
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,7 @@ def is_float(name: str) -> bool:
     return name in FLOAT_DTYPES
 
 
+@functools.lru_cache(maxsize=None)
 def integer_range(name: str) -> tuple[int, int]:
     """The smallest and largest value that the integer or bool dtype ``name`` holds."""
     if name == "bool":

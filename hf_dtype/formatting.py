@@ -19,11 +19,11 @@ from datasets.formatting import NumpyFormatter, _register_formatter
 from datasets.formatting.formatting import TensorFormatter
 
 from .casting import flatten_leaf
-from .dtypes import is_float
+from .dtypes import is_float, to_torch
 from .nesting import nest
 from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan
 from .recording import plan_of_features
-from .widening import numpy_to_compute, to_tensor
+from .widening import numpy_compute_dtype, numpy_to_compute, to_tensor
 
 __all__ = ["HfDtypeFormatter", "DtypeTransform", "BACKENDS"]
 
@@ -55,18 +55,25 @@ class _Server:
             return to_tensor(values, entry)
 
     def derived(self, entry: ColumnDtype, lengths: np.ndarray) -> Any:
-        total = int(lengths.sum())
-        flat = np.full(total, DERIVED_KINDS[entry.derived], dtype=np.int8)
-        levels = [np.concatenate([[0], np.cumsum(lengths)])]
-        return nest(self.convert(flat, ColumnDtype(storage="int8", compute=entry.served_dtype)), levels)
+        """A constant column rebuilt, in its compute dtype, for rows of the given lengths."""
+        total, value = int(lengths.sum()), DERIVED_KINDS[entry.derived]
+        if self.backend == "torch":
+            import torch
+
+            flat = torch.full((total,), value, dtype=to_torch(entry.served_dtype))
+        else:
+            flat = np.full(total, value, dtype=numpy_compute_dtype(entry.served_dtype))
+        return nest(flat, [np.concatenate([[0], np.cumsum(lengths)])])
 
     def add_derived(self, out: dict[str, Any], lengths_of: Callable[[str], np.ndarray | None]) -> None:
+        lengths: dict[str, np.ndarray | None] = {}
         for name, entry in self.plan.derived.items():
             if name in out:
                 continue
-            lengths = lengths_of(entry.lengths_from)
-            if lengths is not None:
-                out[name] = self.derived(entry, lengths)
+            if entry.lengths_from not in lengths:
+                lengths[entry.lengths_from] = lengths_of(entry.lengths_from)
+            if lengths[entry.lengths_from] is not None:
+                out[name] = self.derived(entry, lengths[entry.lengths_from])
 
 
 class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
@@ -106,8 +113,8 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
         def lengths_of(source: str) -> np.ndarray | None:
             if source not in pa_table.column_names:
                 return None
-            _, levels = flatten_leaf(pa_table.column(source).combine_chunks())
-            return np.diff(levels[0])
+            offsets = flatten_leaf(pa_table.column(source).combine_chunks())[1][0]
+            return offsets[1:] - offsets[:-1]
 
         self.server.add_derived(out, lengths_of)
         return out

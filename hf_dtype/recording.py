@@ -9,6 +9,7 @@ lengths from.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -60,15 +61,22 @@ def plan_of_features(features: Features | None) -> DtypePlan | None:
     """The plan recorded in ``features``, or None where no column carries one."""
     if not features:
         return None
+    recorded = tuple((name, getattr(_leaf(feature), "id", None)) for name, feature in features.items())
+    return _parse_recorded(recorded)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_recorded(recorded: tuple[tuple[str, str | None], ...]) -> DtypePlan | None:
+    """Parse once per distinct set of leaf ids: ``datasets`` builds a formatter on every access."""
+    names = {name for name, _ in recorded}
     columns: dict[str, ColumnDtype] = {}
-    for name, feature in features.items():
-        leaf_id = getattr(_leaf(feature), "id", None)
+    for name, leaf_id in recorded:
         if not isinstance(leaf_id, str) or not leaf_id.startswith(_MARKER):
             continue
         payload = json.loads(leaf_id[len(_MARKER):])
         columns[name] = ColumnDtype.from_dict(payload["column"], name)
         for derived_name, derived in payload.get("carries", {}).items():
-            if derived_name not in features:
+            if derived_name not in names:
                 columns[derived_name] = ColumnDtype.from_dict({**derived, "lengths_from": name}, derived_name)
     return DtypePlan(columns) if columns else None
 

@@ -14,7 +14,7 @@ import numpy as np
 from .dtypes import bfloat16_bits_to_float32, integer_range, is_integer, to_torch
 from .plan import ColumnDtype, DtypePlan
 
-__all__ = ["numpy_to_compute", "torch_to_compute", "to_tensor", "widen_batch"]
+__all__ = ["numpy_compute_dtype", "numpy_to_compute", "torch_to_compute", "to_tensor", "widen_batch"]
 
 
 def _narrows(entry: ColumnDtype) -> bool:
@@ -38,16 +38,18 @@ def _check_fits(values, entry: ColumnDtype) -> None:
             raise LossyCastError(f"Value {bad} does not fit compute dtype {entry.served_dtype}, which holds [{low}, {high}].")
 
 
+def numpy_compute_dtype(name: str) -> str:
+    """The numpy dtype that serves compute dtype ``name``: numpy has no bfloat16, so float32 (exact)."""
+    return "float32" if name == "bfloat16" else name
+
+
 def numpy_to_compute(values: np.ndarray, entry: ColumnDtype) -> np.ndarray:
-    """``values`` (in storage dtype) in the compute dtype; numpy has no bfloat16, so it serves float32."""
-    target = entry.served_dtype
+    """``values`` (in storage dtype) in the compute dtype."""
     if _narrows(entry):
         _check_fits(values, entry)
     if entry.storage == "bfloat16" and values.dtype == np.uint16:
         values = bfloat16_bits_to_float32(values)
-    if target == "bfloat16":
-        target = "float32"
-    return values.astype(target, copy=False)
+    return values.astype(numpy_compute_dtype(entry.served_dtype), copy=False)
 
 
 def torch_to_compute(tensor, entry: ColumnDtype, *, non_blocking: bool = False):
