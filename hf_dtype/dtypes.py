@@ -78,7 +78,7 @@ def is_float(name: str) -> bool:
     return name in FLOAT_DTYPES
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def integer_range(name: str) -> tuple[int, int]:
     """The smallest and largest value that the integer or bool dtype ``name`` holds."""
     if name == "bool":
