@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["ArrowColumn", "FlatBuffers"]
+__all__ = ["ArrowColumn", "ChunkLayout", "FlatBuffers", "column_kind"]
 
 
 def _root(buffer: pa.Buffer) -> pa.Buffer:
@@ -93,63 +93,90 @@ def column_kind(arrow_type: pa.DataType) -> str | None:
     return "scalar" if _numeric_dtype(arrow_type) is not None else None
 
 
-class ArrowColumn:
-    """A numeric column, or a column of lists of numbers, of a chunked Arrow table, read by row positions."""
+class ChunkLayout:
+    """Where each chunk of a column starts, to find a row position's chunk; shared by columns chunked alike."""
 
-    def __init__(self, name: str, column: pa.ChunkedArray) -> None:
+    def __init__(self, lengths: list[int]) -> None:
+        self.starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.starts[1:])
+        self._ends = self.starts[1:]
+
+    def same(self, lengths: list[int]) -> bool:
+        return len(lengths) + 1 == len(self.starts) and bool((np.diff(self.starts) == lengths).all())
+
+    def locate(self, rows: np.ndarray) -> np.ndarray | None:
+        """The chunk of each row position; None when there is only one chunk."""
+        if len(self._ends) <= 1:
+            return None
+        return self._ends.searchsorted(rows, side="right")
+
+
+class ArrowColumn:
+    """A numeric column, or a column of lists of numbers, of a chunked Arrow table, read by row positions.
+
+    Rows are first located (``layout.locate``), once per batch for all columns that share a layout;
+    ``spans`` and ``scalars`` then take the row positions and their chunks (None for one chunk).
+    """
+
+    def __init__(self, name: str, column: pa.ChunkedArray, layout: ChunkLayout | None = None) -> None:
         kind = column_kind(column.type)
         if kind == "nested":
             raise ValueError(f"Column {name!r} holds lists of lists ({column.type}); only one level of lists can be padded into a batch.")
         if kind is None:
             raise ValueError(f"Column {name!r} holds {column.type} values; only numbers and lists of numbers can be batched.")
-        chunks = column.chunks
+        chunks = column.chunks or [pa.array([], type=column.type)]
+        lengths = [len(chunk) for chunk in chunks]
         self.name = name
+        self.layout = layout if layout is not None and layout.same(lengths) else ChunkLayout(lengths)
         self.is_list = kind == "list"
         self.fixed_size = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
-        self.starts = np.concatenate([[0], np.cumsum([len(chunk) for chunk in chunks], dtype=np.int64)]).astype(np.int64)
         leaves = [chunk.values if self.is_list else chunk for chunk in chunks]
         self._check_no_nulls(chunks, leaves)
-        self.dtype = _numeric_dtype(leaves[0].type if leaves else (column.type.value_type if self.is_list else column.type))
+        self.dtype = _numeric_dtype(column.type.value_type if self.is_list else column.type)
         self.values = FlatBuffers([leaf.buffers()[1] for leaf in leaves], [leaf.offset for leaf in leaves], self.dtype)
-        self.row_offset = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
+        first_rows = self.layout.starts[:-1]
+        # For row position r in chunk c, its offset (or fixed-size row) index is r + shift[c].
+        row_offsets = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
         self.offsets = None
+        self._next = None
+        self._shift = row_offsets - first_rows
         if self.is_list and self.fixed_size is None:
             offset_type = np.int64 if pa.types.is_large_list(column.type) else np.int32
-            self.offsets = FlatBuffers([chunk.buffers()[1] for chunk in chunks], [chunk.offset for chunk in chunks], offset_type)
+            self.offsets = FlatBuffers([chunk.buffers()[1] for chunk in chunks], row_offsets.tolist(), offset_type)
+            self._shift = self.offsets.base - first_rows
+            self._next = self.offsets.views[0][1:] if len(self.offsets.views) == 1 else None
+        elif not self.is_list:
+            self._shift = self.values.base - first_rows
 
     def _check_no_nulls(self, chunks: list[pa.Array], leaves: list[pa.Array]) -> None:
         for kind, arrays in (("row", chunks), ("value", leaves)):
             if any(array.null_count for array in arrays):
                 raise ValueError(f"Column {self.name!r} has a null {kind}; fill or drop nulls before batching.")
 
-    def __len__(self) -> int:
-        return int(self.starts[-1])
+    def _index(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
+        shift = self._shift[0] if chunk is None else self._shift[chunk]
+        return rows + shift if chunk is not None or shift else rows
 
-    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk of each row position and the row's index inside that chunk."""
-        if len(self.starts) == 2:
-            return np.zeros(len(rows), dtype=np.int64), rows
-        chunk = np.searchsorted(self.starts, rows, side="right") - 1
-        return chunk, rows - self.starts[chunk]
-
-    def spans(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For list rows: where each row's values start (in its view), how many there are, and which view holds them."""
-        chunk, local = self.locate(rows)
+    def spans(self, rows: np.ndarray, chunk: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """For list rows: where each row's values start (in its view), how many there are, and which view holds
+        them (None when there is one view)."""
+        at = self._index(rows, chunk)
+        base = self.values.base[0] if chunk is None else self.values.base[chunk]
+        groups = None if len(self.values.views) == 1 else self.values.group[chunk]
         if self.fixed_size is not None:
-            starts = self.values.base[chunk] + (self.row_offset[chunk] + local) * self.fixed_size
-            lengths = np.full(len(rows), self.fixed_size, dtype=np.int64)
+            return base + at * self.fixed_size, np.full(len(rows), self.fixed_size, dtype=np.int64), groups
+        if self._next is not None:
+            first, stop = self.offsets.views[0][at], self._next[at]
         else:
-            at = self.offsets.base[chunk] + local
-            groups = self.offsets.group[chunk]
-            bounds = self.offsets.take(np.concatenate([at, at + 1]), np.concatenate([groups, groups])).astype(np.int64)
-            lengths = bounds[len(rows):] - bounds[:len(rows)]
-            starts = self.values.base[chunk] + bounds[:len(rows)]
-        return starts, lengths, self.values.group[chunk]
+            where = self.offsets.group[chunk]
+            first, stop = self.offsets.take(at, where), self.offsets.take(at + 1, where)
+        lengths = stop - first
+        return (first + base if chunk is not None or base else first), lengths, groups
 
-    def lengths(self, rows: np.ndarray) -> np.ndarray:
-        return self.spans(rows)[1]
-
-    def scalars(self, rows: np.ndarray) -> np.ndarray:
+    def scalars(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
         """For a scalar column: the value of each row."""
-        chunk, local = self.locate(rows)
-        return self.values.take(self.values.base[chunk] + local, self.values.group[chunk])
+        return self.values.take(self._index(rows, chunk), None if chunk is None else self.values.group[chunk])
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """For a scalar column: the values at row ``positions``."""
+        return self.scalars(positions, self.layout.locate(positions))

@@ -10,6 +10,7 @@ their source column's row lengths.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from .dtypes import canonical_dtype, float32_to_bfloat16_bits, integer_range, is
 from .padding import PadOptions, length_mask, pad_rows, padded_width, truncate
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
-from .widening import to_tensor, widen_batch
+from .widening import numpy_to_compute, torch_to_compute
 
 __all__ = ["BatchFetcher", "PaddingCollator", "pad_batch", "resolve_batch_plan"]
 
@@ -96,6 +97,29 @@ def resolve_batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str]
     return DtypePlan(entries), chosen
 
 
+@dataclass
+class _Job:
+    """How one output column of a batch is made; built once per process."""
+
+    name: str
+    entry: ColumnDtype
+    column: ArrowColumn | None = None  # None: derived from the row lengths of ``source``
+    source: str | None = None
+    pad: Any = 0
+    dtype: np.dtype | None = None
+    flat: np.ndarray | None = None  # the one flat numpy view of the values, when there is one
+    bfloat16: bool = False
+
+
+@dataclass
+class _State:
+    """What a fetcher builds lazily in each process: per-column jobs and numpy views of the Arrow buffers."""
+
+    jobs: list[_Job]
+    views: dict[str, ArrowColumn]
+    mapping: ArrowColumn | None  # the dataset's indices mapping (shuffle / select / filter), if any
+
+
 class BatchFetcher:
     """The map-style dataset of a loader: ``__getitems__(indices)`` returns the whole padded batch.
 
@@ -108,77 +132,83 @@ class BatchFetcher:
         self.plan = plan
         self.columns = columns
         self.options = options
-        self._views: dict[str, ArrowColumn] | None = None
+        self._state: _State | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_views": None}
+        return {**self.__dict__, "_state": None}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _arrow(self) -> dict[str, ArrowColumn]:
-        if self._views is None:
-            table = self.dataset.data.table
-            needed = {name for name in self.columns if name in table.column_names}
-            needed |= {self.plan[name].lengths_from for name in self.columns if name not in table.column_names}
-            views = {name: ArrowColumn(name, table.column(name)) for name in needed}
-            indices = self.dataset._indices
-            if indices is not None:
-                views[None] = ArrowColumn("indices", indices.table.column(0))
-            self._views = views
-        return self._views
+    def _build(self) -> _State:
+        table = self.dataset.data.table
+        stored = [name for name in self.columns if name in table.column_names]
+        needed = stored + [self.plan[name].lengths_from for name in self.columns if name not in table.column_names]
+        views: dict[str, ArrowColumn] = {}
+        layout = None
+        for name in dict.fromkeys(needed):
+            views[name] = ArrowColumn(name, table.column(name), layout)
+            layout = views[name].layout
+        jobs = []
+        for name in self.columns:
+            entry = self.plan[name]
+            if name not in views:
+                jobs.append(_Job(name, entry, source=entry.lengths_from))
+                continue
+            column = views[name]
+            pad, dtype = _pad_value(entry, column.dtype)
+            values = column.values
+            flat = values.views[0] if len(values.views) == 1 and not values.bits else None
+            jobs.append(_Job(name, entry, column, pad=pad, dtype=dtype, flat=flat,
+                             bfloat16=entry.storage == "bfloat16" and dtype == np.uint16))
+        indices = self.dataset._indices
+        mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
+        return _State(jobs, views, mapping)
 
-    def _positions(self, indices: Sequence[int]) -> np.ndarray:
-        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+    def _positions(self, indices: Sequence[int], mapping: ArrowColumn | None) -> np.ndarray:
         size = len(self.dataset)
-        if rows.size and (rows.min() < 0 or rows.max() >= size):
-            bad = int(rows[(rows < 0) | (rows >= size)][0])
+        if len(indices) and (min(indices) < 0 or max(indices) >= size):
+            bad = next(int(i) for i in indices if not 0 <= i < size)
             raise IndexError(f"Row {bad} is out of range for a dataset of {size} rows.")
-        mapping = self._arrow().get(None)
-        return rows if mapping is None else mapping.scalars(rows).astype(np.int64)
-
-    def _pad_value(self, entry: ColumnDtype, dtype: np.dtype) -> tuple[Any, np.dtype]:
-        pad = entry.pad_value
-        if entry.storage == "bfloat16" and dtype == np.uint16:
-            return float32_to_bfloat16_bits(np.array([pad], dtype=np.float32))[0], dtype
-        if _pad_fits(pad, dtype):
-            return pad, dtype
-        served = entry.served_dtype
-        return pad, np.dtype("float32" if served == "bfloat16" else served)  # the stored dtype cannot hold the pad
+        rows = np.asarray(indices, dtype=np.int64)
+        return rows if mapping is None else mapping.rows(rows).astype(np.int64)
 
     def batch(self, indices: Sequence[int], *, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
         """The padded batch of dataset rows ``indices``; ``pad_to_multiple_of`` overrides the options'."""
-        options = self.options
+        if self._state is None:
+            self._state = self._build()
+        state, options = self._state, self.options
         multiple = options.pad_to_multiple_of if pad_to_multiple_of is None else pad_to_multiple_of
-        views = self._arrow()
-        rows = self._positions(indices)
-        shapes: dict[str, tuple[np.ndarray, int]] = {}
+        side = options.padding_side
+        rows = self._positions(indices, state.mapping)
+        chunks: dict[int, np.ndarray | None] = {}
+        shapes: dict[str, tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None]] = {}
 
-        def shape_of(name: str) -> tuple[np.ndarray, int]:
+        def spans(name: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None]:
             if name not in shapes:
-                lengths = truncate(views[name].lengths(rows), options.max_length)
-                shapes[name] = lengths, padded_width(lengths, multiple)
+                column = state.views[name]
+                if id(column.layout) not in chunks:
+                    chunks[id(column.layout)] = column.layout.locate(rows)
+                starts, lengths, groups = column.spans(rows, chunks[id(column.layout)])
+                lengths = truncate(lengths, options.max_length)
+                width = padded_width(lengths, multiple)
+                shapes[name] = starts, lengths, width, length_mask(lengths, width, side), groups
             return shapes[name]
 
         out = {}
-        for name in self.columns:
-            entry = self.plan[name]
-            column = views.get(name)
-            if column is None:
-                lengths, width = shape_of(entry.lengths_from)
-                values = _derived(entry, lengths, width, options.padding_side)
-            elif not column.is_list:
-                values = column.scalars(rows)
+        for job in state.jobs:
+            if job.column is None:
+                _, _, width, mask, _ = spans(job.source)
+                values = mask if job.entry.derived == "ones" else np.zeros(mask.shape, dtype=bool)
+            elif not job.column.is_list:
+                layout = job.column.layout
+                values = job.column.scalars(rows, chunks.setdefault(id(layout), layout.locate(rows)))
             else:
-                starts, lengths, groups = column.spans(rows)
-                lengths = truncate(lengths, options.max_length)
-                width = padded_width(lengths, multiple)
-                shapes[name] = lengths, width
-                pad, dtype = self._pad_value(entry, column.dtype)
-                values = pad_rows(column.values.take, starts, lengths, width=width, pad=pad, dtype=dtype,
-                                  padding_side=options.padding_side, groups=groups)
-            out[name] = to_tensor(values, entry, widen=False)
-        return widen_batch(self.plan, out) if options.widen == "cpu" else out
+                starts, lengths, width, mask, groups = spans(job.name)
+                values = pad_rows(job.flat if job.flat is not None else job.column.values.take, starts, lengths,
+                                  width=width, pad=job.pad, dtype=job.dtype, padding_side=side, mask=mask, groups=groups)
+            out[job.name] = _tensor(values, job, options.widen)
+        return out
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         return self.batch(indices)
@@ -186,6 +216,30 @@ class BatchFetcher:
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Row ``index``, unpadded: a batch of one, without its batch dimension."""
         return {name: value[0] for name, value in self.batch([index], pad_to_multiple_of=1).items()}
+
+
+def _tensor(values: np.ndarray, job: _Job, widen: str):
+    """``values`` as a tensor: in storage dtype (bfloat16 bits viewed as bfloat16), or widened to compute dtype."""
+    import torch
+
+    if widen == "cpu" and job.entry.served_dtype != "bfloat16":
+        values = numpy_to_compute(values, job.entry)  # numpy casts small arrays faster than torch
+        return torch.from_numpy(values)
+    tensor = torch.from_numpy(values)
+    if job.bfloat16:
+        tensor = tensor.view(torch.bfloat16)
+    return torch_to_compute(tensor, job.entry) if widen == "cpu" else tensor
+
+
+def _pad_value(entry: ColumnDtype, dtype: np.dtype) -> tuple[Any, np.dtype]:
+    """The column's pad value as a scalar of the dtype its batch is built in: the stored one if it holds the pad."""
+    pad = entry.pad_value
+    if entry.storage == "bfloat16" and dtype == np.uint16:
+        return float32_to_bfloat16_bits(np.array([pad], dtype=np.float32))[0], dtype
+    if not _pad_fits(pad, dtype):
+        served = entry.served_dtype
+        dtype = np.dtype("float32" if served == "bfloat16" else served)
+    return np.asarray(pad).astype(dtype)[()], dtype
 
 
 # --- batches from rows --------------------------------------------------------------------------

@@ -69,14 +69,13 @@ def padded_width(lengths: np.ndarray, pad_to_multiple_of: int | None = None) -> 
 
 def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") -> np.ndarray:
     """A ``(rows, width)`` bool array that is True where a row has a value, False where it is padded."""
-    columns = np.arange(width)
     if padding_side == "left":
-        return columns >= (width - lengths)[:, None]
-    return columns < lengths[:, None]
+        return _columns(width) >= (width - lengths)[:, None]
+    return _columns(width) < lengths[:, None]
 
 
 def pad_rows(
-    values: np.ndarray | Callable[[np.ndarray, np.ndarray], np.ndarray],
+    values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.ndarray],
     starts: np.ndarray,
     lengths: np.ndarray,
     *,
@@ -84,22 +83,43 @@ def pad_rows(
     pad: int | float,
     dtype: np.dtype,
     padding_side: str = "right",
+    mask: np.ndarray | None = None,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows ``values[starts[i] : starts[i] + lengths[i]]`` in a ``(rows, width)`` array filled with ``pad``.
 
-    ``lengths`` must already be truncated to at most ``width``. ``values`` is a flat array, or a
-    function ``take(positions, groups)`` that returns the values at flat ``positions``, where
-    ``groups`` (one per position, from the per-row ``groups``) says which buffer each lies in.
+    ``lengths`` must already be truncated to at most ``width``; ``mask`` is their ``length_mask``
+    when the caller has it. ``values`` is a flat array, or a function ``take(positions, groups)``
+    that returns the values at flat ``positions``, where ``groups`` (from the per-row ``groups``)
+    says which buffer each lies in.
     """
-    out = np.full((len(lengths), width), pad, dtype=dtype)
     if not len(lengths) or not width:
-        return out
-    mask = length_mask(lengths, width, padding_side)
+        return np.full((len(lengths), width), pad, dtype=dtype)
+    if mask is None:
+        mask = length_mask(lengths, width, padding_side)
     shift = starts if padding_side == "right" else starts - (width - lengths)
-    positions = (shift[:, None] + np.arange(width))[mask]
-    if callable(values):
-        out[mask] = values(positions, None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+    positions = shift[:, None] + _columns(width)
+    if not isinstance(values, np.ndarray):
+        out = np.full((len(lengths), width), pad, dtype=dtype)
+        out[mask] = values(positions[mask], None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+        return out
+    # Gather every cell, pad cells clipped into the array, then overwrite the pad cells: elementwise, no boolean indexing.
+    out = values.take(positions, mode="clip")
+    if out.dtype != dtype:
+        out = out.astype(dtype)
+    if pad == 0 and dtype.kind in "biu":
+        out *= mask
     else:
-        out[mask] = values[positions]
+        np.copyto(out, pad, where=~mask)
     return out
+
+
+_COLUMNS = np.arange(1024)
+
+
+def _columns(width: int) -> np.ndarray:
+    """``np.arange(width)``, from a cached array."""
+    global _COLUMNS
+    if width > len(_COLUMNS):
+        _COLUMNS = np.arange(max(width, 2 * len(_COLUMNS)))
+    return _COLUMNS[:width]
