@@ -173,6 +173,24 @@ class ArrowColumn:
         lengths = stop - first
         return (first + base if chunk is not None or base else first), lengths, groups
 
+    def twin_shift(self, other: ArrowColumn) -> np.ndarray | None:
+        """Per chunk, how far this column's values lie from ``other``'s, when every row has the same length in
+        both (``input_ids`` and ``labels``): then a row's start here is its start in ``other`` plus this shift,
+        and a batch reads the offsets once. None when they are not such twins. Reads both offsets once."""
+        if (other.layout is not self.layout or self._next is None or other._next is None
+                or len(self.values.views) > 1 or len(other.values.views) > 1):
+            return None
+        shift = np.zeros(len(self._shift), dtype=np.int64)
+        for chunk, rows in enumerate(np.diff(self.layout.starts).tolist()):
+            if not rows:
+                continue
+            mine = self.offsets.views[0][self.offsets.base[chunk]:self.offsets.base[chunk] + rows + 1]
+            theirs = other.offsets.views[0][other.offsets.base[chunk]:other.offsets.base[chunk] + rows + 1]
+            if not np.array_equal(mine - mine[0], theirs - theirs[0]):
+                return None
+            shift[chunk] = (self.values.base[chunk] + mine[0]) - (other.values.base[chunk] + theirs[0])
+        return shift
+
     def scalars(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
         """For a scalar column: the value of each row."""
         return self.values.take(self._index(rows, chunk), None if chunk is None else self.values.group[chunk])

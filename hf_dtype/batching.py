@@ -99,16 +99,43 @@ def resolve_batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str]
 
 @dataclass
 class _Job:
-    """How one output column of a batch is made; built once per process."""
+    """How one output column of a batch is made; built once per process.
+
+    ``kind`` is ``"list"`` (padded from its own offsets), ``"twin"`` (padded like the list column
+    ``shape``, whose rows have the same lengths: its starts plus ``shift[chunk]``), ``"derived"``
+    (rebuilt from the row lengths of ``shape``) or ``"scalar"``.
+    """
 
     name: str
     entry: ColumnDtype
-    column: ArrowColumn | None = None  # None: derived from the row lengths of ``source``
-    source: str | None = None
+    kind: str
+    column: ArrowColumn | None = None
+    shape: str | None = None
+    shift: np.ndarray | None = None
     pad: Any = 0
     dtype: np.dtype | None = None
     flat: np.ndarray | None = None  # the one flat numpy view of the values, when there is one
     bfloat16: bool = False
+
+
+class _Shape:
+    """The padded shape of one batch of a list column: row starts and lengths, width, and the cells that hold values."""
+
+    __slots__ = ("groups", "lengths", "mask", "pad_cells", "starts", "width")
+
+    def __init__(self, column: ArrowColumn, rows: np.ndarray, chunk: np.ndarray | None, options: PadOptions,
+                 multiple: int | None) -> None:
+        starts, lengths, self.groups = column.spans(rows, chunk)
+        self.starts = starts
+        self.lengths = truncate(lengths, options.max_length)
+        self.width = padded_width(self.lengths, multiple)
+        self.mask = length_mask(self.lengths, self.width, options.padding_side)
+        self.pad_cells = None
+
+    def padding(self) -> np.ndarray:
+        if self.pad_cells is None:
+            self.pad_cells = ~self.mask
+        return self.pad_cells
 
 
 @dataclass
@@ -118,6 +145,24 @@ class _State:
     jobs: list[_Job]
     views: dict[str, ArrowColumn]
     mapping: ArrowColumn | None  # the dataset's indices mapping (shuffle / select / filter), if any
+
+
+def _list_job(name: str, entry: ColumnDtype, column: ArrowColumn, leaders: list[ArrowColumn]) -> _Job:
+    pad, dtype = _pad_value(entry, column.dtype)
+    values = column.values
+    flat = values.views[0] if len(values.views) == 1 and not values.bits else None
+    job = _Job(name, entry, "list", column, shape=name, pad=pad, dtype=dtype, flat=flat,
+               bfloat16=entry.storage == "bfloat16" and dtype == np.uint16)
+    if column.is_list and flat is not None:
+        for leader in leaders:
+            shift = column.twin_shift(leader)
+            if shift is not None:
+                job.kind, job.shape, job.shift = "twin", leader.name, shift
+                return job
+        leaders.append(column)
+    if not column.is_list:
+        job.kind = "scalar"
+    return job
 
 
 class BatchFetcher:
@@ -149,18 +194,13 @@ class BatchFetcher:
         for name in dict.fromkeys(needed):
             views[name] = ArrowColumn(name, table.column(name), layout)
             layout = views[name].layout
-        jobs = []
+        jobs, leaders = [], []
         for name in self.columns:
             entry = self.plan[name]
-            if name not in views:
-                jobs.append(_Job(name, entry, source=entry.lengths_from))
-                continue
-            column = views[name]
-            pad, dtype = _pad_value(entry, column.dtype)
-            values = column.values
-            flat = values.views[0] if len(values.views) == 1 and not values.bits else None
-            jobs.append(_Job(name, entry, column, pad=pad, dtype=dtype, flat=flat,
-                             bfloat16=entry.storage == "bfloat16" and dtype == np.uint16))
+            if name in views:
+                jobs.append(_list_job(name, entry, views[name], leaders))
+            else:
+                jobs.append(_Job(name, entry, "derived", shape=entry.lengths_from))
         indices = self.dataset._indices
         mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
         return _State(jobs, views, mapping)
@@ -179,34 +219,31 @@ class BatchFetcher:
             self._state = self._build()
         state, options = self._state, self.options
         multiple = options.pad_to_multiple_of if pad_to_multiple_of is None else pad_to_multiple_of
-        side = options.padding_side
         rows = self._positions(indices, state.mapping)
         chunks: dict[int, np.ndarray | None] = {}
-        shapes: dict[str, tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None]] = {}
-
-        def spans(name: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None]:
-            if name not in shapes:
-                column = state.views[name]
-                if id(column.layout) not in chunks:
-                    chunks[id(column.layout)] = column.layout.locate(rows)
-                starts, lengths, groups = column.spans(rows, chunks[id(column.layout)])
-                lengths = truncate(lengths, options.max_length)
-                width = padded_width(lengths, multiple)
-                shapes[name] = starts, lengths, width, length_mask(lengths, width, side), groups
-            return shapes[name]
-
+        shapes: dict[str, _Shape] = {}
         out = {}
         for job in state.jobs:
-            if job.column is None:
-                _, _, width, mask, _ = spans(job.source)
-                values = mask if job.entry.derived == "ones" else np.zeros(mask.shape, dtype=bool)
-            elif not job.column.is_list:
-                layout = job.column.layout
-                values = job.column.scalars(rows, chunks.setdefault(id(layout), layout.locate(rows)))
+            column = state.views[job.shape] if job.kind != "scalar" else job.column
+            key = id(column.layout)
+            if key not in chunks:
+                chunks[key] = column.layout.locate(rows)
+            chunk = chunks[key]
+            if job.kind == "scalar":
+                values = column.scalars(rows, chunk)
             else:
-                starts, lengths, width, mask, groups = spans(job.name)
-                values = pad_rows(job.flat if job.flat is not None else job.column.values.take, starts, lengths,
-                                  width=width, pad=job.pad, dtype=job.dtype, padding_side=side, mask=mask, groups=groups)
+                shape = shapes.get(job.shape)
+                if shape is None:
+                    shape = shapes[job.shape] = _Shape(column, rows, chunk, options, multiple)
+                if job.kind == "derived":
+                    values = shape.mask if job.entry.derived == "ones" else np.zeros(shape.mask.shape, dtype=bool)
+                else:
+                    starts = shape.starts
+                    if job.kind == "twin":
+                        starts = starts + (job.shift[0] if chunk is None else job.shift[chunk])
+                    values = pad_rows(job.flat if job.flat is not None else job.column.values.take, starts, shape.lengths,
+                                      width=shape.width, pad=job.pad, dtype=job.dtype, padding_side=options.padding_side,
+                                      mask=shape.mask, pad_cells=shape.padding(), groups=shape.groups)
             out[job.name] = _tensor(values, job, options.widen)
         return out
 

@@ -84,14 +84,16 @@ def pad_rows(
     dtype: np.dtype,
     padding_side: str = "right",
     mask: np.ndarray | None = None,
+    pad_cells: np.ndarray | None = None,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows ``values[starts[i] : starts[i] + lengths[i]]`` in a ``(rows, width)`` array filled with ``pad``.
 
     ``lengths`` must already be truncated to at most ``width``; ``mask`` is their ``length_mask``
-    when the caller has it. ``values`` is a flat array, or a function ``take(positions, groups)``
-    that returns the values at flat ``positions``, where ``groups`` (from the per-row ``groups``)
-    says which buffer each lies in.
+    and ``pad_cells`` its negation, when the caller has them (columns of equal row lengths share
+    them). ``values`` is a flat array, or a function ``take(positions, groups)`` that returns the
+    values at flat ``positions``, where ``groups`` (from the per-row ``groups``) says which buffer
+    each lies in.
     """
     if not len(lengths) or not width:
         return np.full((len(lengths), width), pad, dtype=dtype)
@@ -107,10 +109,7 @@ def pad_rows(
     out = values.take(positions, mode="clip")
     if out.dtype != dtype:
         out = out.astype(dtype)
-    if pad == 0 and dtype.kind in "biu":
-        out *= mask
-    else:
-        np.copyto(out, pad, where=~mask)
+    np.copyto(out, pad, where=~mask if pad_cells is None else pad_cells)
     return out
 
 
