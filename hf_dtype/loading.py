@@ -1,7 +1,7 @@
 """``dataloader``: a ``torch.utils.data.DataLoader`` of padded batches gathered straight from the Arrow buffers.
 
 Its shape is the one ``accelerate`` shards in one process and in many (accelerate issue 2392): a
-``BatchSampler`` over an ``EpochSampler`` picks the row indices, ``BatchFetcher.__getitems__`` makes
+``BatchSampler`` (``EpochBatchSampler``) over an ``EpochSampler`` picks the row indices, ``BatchFetcher.__getitems__`` makes
 the whole padded batch from them, and the ``collate_fn`` passes it through.
 
 Order: ``shuffle=True`` draws a permutation from a ``torch.Generator`` seeded with ``seed + epoch``,
@@ -31,7 +31,7 @@ from .batching import BatchFetcher, _as_plan, resolve_batch_plan
 from .padding import PadOptions
 from .plan import DtypePlan
 
-__all__ = ["EpochSampler", "PaddedDataLoader", "collate_padded", "dataloader"]
+__all__ = ["EpochBatchSampler", "EpochSampler", "PaddedDataLoader", "collate_padded", "dataloader"]
 
 _BLOCK = 1 << 16  # rows turned into Python ints at a time: a large dataset's order stays an int64 array
 _SET_BY_DATALOADER = ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last", "dataset")
@@ -56,13 +56,34 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(self.size, generator=generator).numpy()
 
-    def __iter__(self) -> Iterator[int]:
+    def next_order(self) -> np.ndarray:
+        """The order of the current epoch; the epoch then advances by one."""
         order = self.order(self.epoch)
         self.epoch += 1
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.next_order()
         return (index for start in range(0, len(order), _BLOCK) for index in order[start:start + _BLOCK].tolist())
 
     def __len__(self) -> int:
         return self.size
+
+
+class EpochBatchSampler(BatchSampler):
+    """A ``BatchSampler`` over an ``EpochSampler`` that slices the epoch's order into batches (no per-index Python loop).
+
+    It yields what ``BatchSampler(sampler, batch_size, drop_last)`` yields, and is one for
+    ``accelerate``, which shards it with ``BatchSamplerShard`` and reaches ``sampler.set_epoch``.
+    """
+
+    sampler: EpochSampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.sampler.next_order()
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
 
 
 def collate_padded(batch: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +164,7 @@ def dataloader(
     sampler = EpochSampler(len(dataset), shuffle=bool(shuffle), seed=int(seed))
     return PaddedDataLoader(
         fetcher,
-        batch_sampler=BatchSampler(sampler, batch_size, drop_last),
+        batch_sampler=EpochBatchSampler(sampler, batch_size, drop_last),
         collate_fn=collate_padded,
         num_workers=num_workers,
         pin_memory=pin_memory,

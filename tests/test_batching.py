@@ -304,6 +304,19 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(compacted):
     assert _order(hd.dataloader(compacted, 4)) == list(range(NUM_ROWS))
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_epoch_batch_sampler_yields_what_batch_sampler_yields(drop_last):
+    from torch.utils.data import BatchSampler
+
+    from hf_dtype.loading import EpochBatchSampler, EpochSampler
+
+    ours = EpochBatchSampler(EpochSampler(23, shuffle=True, seed=2), 5, drop_last)
+    reference = BatchSampler(EpochSampler(23, shuffle=True, seed=2), 5, drop_last)
+    for _ in range(2):
+        assert list(ours) == list(reference)
+    assert len(ours) == len(reference) == (4 if drop_last else 5)
+
+
 def test_drop_last(compacted):
     sizes = [len(batch["idx"]) for batch in hd.dataloader(compacted, 5, drop_last=True)]
     assert sizes == [5, 5, 5, 5]

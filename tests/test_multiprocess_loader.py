@@ -72,10 +72,13 @@ def test_two_processes_shard_every_row_once(tmp_path):
     assert orders[0] != orders[1]
 
 
-def test_single_process_prepare(fresh_accelerate_state):
+@pytest.mark.parametrize("use_seedable_sampler", [False, True])
+def test_single_process_prepare(fresh_accelerate_state, use_seedable_sampler):
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
-    accelerator = Accelerator(cpu=True)
+    config = DataLoaderConfiguration(use_seedable_sampler=use_seedable_sampler)
+    accelerator = Accelerator(cpu=True, dataloader_config=config)
     loader = hd.dataloader(build(ROWS), BATCH, shuffle=True, seed=SEED)
     prepared = accelerator.prepare(loader)
     for epoch in (0, 1, 0):
@@ -87,7 +90,10 @@ def test_single_process_prepare(fresh_accelerate_state):
             check_rows(wide)
             order.extend(wide["idx"].tolist())
             gathered.extend(accelerator.gather_for_metrics(wide["idx"]).tolist())
-        assert order == _single_process_order(epoch)
+        assert order == _single_process_order(epoch)  # the loader's own seed, whatever accelerate's sampler options
         assert sorted(gathered) == list(range(ROWS))
     assert len(prepared) == -(-ROWS // BATCH)
+    resumed = accelerator.skip_first_batches(prepared, 3)  # resuming mid-epoch, as after load_state
+    resumed.set_epoch(1)
+    assert [i for batch in resumed for i in batch["idx"].tolist()] == _single_process_order(1)[3 * BATCH:]
     accelerator.end_training()
