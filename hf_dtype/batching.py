@@ -18,7 +18,7 @@ from datasets import Dataset
 
 from .arrow_views import ArrowColumn, column_kind
 from .casting import LossyCastError
-from .dtypes import canonical_dtype, float32_to_bfloat16_bits, integer_range, is_integer, to_torch
+from .dtypes import arrow_leaf_dtype, canonical_dtype, float32_to_bfloat16_bits, integer_range, is_integer, to_torch
 from .padding import PadOptions, length_mask, pad_rows, padded_width, truncate
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
@@ -56,43 +56,46 @@ def _derived(entry: ColumnDtype, lengths: np.ndarray, width: int, padding_side: 
 # --- batches from the Arrow buffers -------------------------------------------------------------
 
 
+def _fill_lengths_from(plan: DtypePlan, sequences: list[str], present: set[str]) -> dict[str, ColumnDtype]:
+    """The plan's entries, each derived column without ``lengths_from`` taking it from ``input_ids`` or the first list column."""
+    entries = dict(plan.columns)
+    source = "input_ids" if "input_ids" in sequences else (sequences[0] if sequences else None)
+    for name, entry in plan.derived.items():
+        if entry.lengths_from is None and name not in present and source is not None:
+            entries[name] = ColumnDtype(**{**entry.to_dict(), "lengths_from": source})
+    return entries
+
+
 def resolve_batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
-    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked."""
+    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
+
+    By default every planned column that the dataset holds, and every derived column whose source
+    it holds, is batched; non-numeric columns outside the plan are left out.
+    """
     schema = dataset.data.table.schema
     present = set(schema.names)
     kinds = {name: column_kind(schema.field(name).type) for name in schema.names}
-    sequences = [name for name in plan if name in present and kinds[name] == "list"]
-    entries = dict(plan.columns)
-    for name, entry in plan.derived.items():
-        if entry.lengths_from is None and name not in present:
-            source = "input_ids" if "input_ids" in sequences else (sequences[0] if sequences else None)
-            entries[name] = ColumnDtype(**{**entry.to_dict(), "lengths_from": source}) if source else entry
-
-    def servable(name: str) -> bool:
-        if name in present:
-            return kinds[name] in ("scalar", "list", "nested")
-        entry = entries.get(name)
-        return entry is not None and entry.derived is not None and entry.lengths_from in present
-
+    entries = _fill_lengths_from(plan, [name for name in plan if kinds.get(name) == "list"], present)
+    derived = {name: entry for name, entry in entries.items() if entry.derived is not None and name not in present}
     if columns is None:
-        chosen = [name for name in entries if servable(name) and kinds.get(name) != "nested"]
+        chosen = [name for name in entries if name in present or (name in derived and derived[name].lengths_from in present)]
     else:
         chosen = [columns] if isinstance(columns, str) else list(columns)
-        unknown = [name for name in chosen if not servable(name) and name not in present]
+        unknown = [name for name in chosen if name not in present and name not in derived]
         if unknown:
-            derived = [name for name, entry in entries.items() if entry.derived is not None]
             raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
-                             f"or derived columns of the plan {derived}.")
+                             f"or derived columns of the plan {sorted(derived)}.")
     for name in chosen:
-        if name in present and kinds[name] in (None, "nested"):
+        if name in derived:
+            source = derived[name].lengths_from
+            if kinds.get(source) != "list":
+                what = "which the dataset does not have" if source not in present else "which is not a list column"
+                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
+        elif kinds[name] in (None, "nested"):
             what = "lists of lists" if kinds[name] == "nested" else f"{schema.field(name).type} values"
-            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched.")
-        entry = entries.get(name)
-        if entry is not None and entry.derived is not None and name not in present and kinds.get(entry.lengths_from) != "list":
-            raise ValueError(f"Derived column {name!r} takes its row lengths from {entry.lengths_from!r}, which is not a list column.")
-        if entry is None:
-            from .dtypes import arrow_leaf_dtype
-
+            hint = "" if columns is not None else "; leave it out with columns=[...]"
+            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
+        elif name not in entries:
             entries[name] = ColumnDtype(storage=arrow_leaf_dtype(schema.field(name).type))
     return DtypePlan(entries), chosen
 

@@ -209,6 +209,31 @@ def test_bool_and_scalar_columns():
     assert batch["score"].dtype == torch.float16 and batch["score"].tolist() == [0.5, 0.25, 1.0]
 
 
+def test_large_and_fixed_size_lists_and_bits_across_buffers():
+    features = datasets.Features({"large": datasets.LargeList(datasets.Value("int16")),
+                                  "fixed": datasets.List(datasets.Value("int8"), length=2),
+                                  "flags": datasets.List(datasets.Value("bool"))})
+    pieces = [datasets.Dataset.from_dict({"large": [[i, -i], [7] * (i % 3)], "fixed": [[i, 1], [2, i]],
+                                          "flags": [[j % 2 == i % 2 for j in range(i + 2)], [True]]}, features=features) for i in range(3)]
+    joined = datasets.concatenate_datasets(pieces).select([5, 0, 3, 2])
+    plan = {"large": {"storage": "int16", "pad": -1}, "fixed": "int8", "flags": "bool"}
+    batch = next(iter(hd.dataloader(joined, 4, plan=plan)))
+    assert batch["large"].tolist() == [[7, 7], [0, 0], [7, -1], [1, -1]]
+    assert batch["fixed"].tolist() == [[2, 2], [0, 1], [2, 1], [1, 1]]
+    assert batch["flags"].tolist() == [[True, False, False], [True, False, False], [True, False, False], [False, True, False]]
+
+
+def test_pad_that_the_stored_dtype_cannot_hold_serves_the_compute_dtype():
+    raw = datasets.Dataset.from_dict({"labels": [[1, 2], [3]]}, features=datasets.Features(
+        {"labels": datasets.List(datasets.Value("uint8"))}))
+    batch = next(iter(hd.dataloader(raw, 2, plan={"labels": {"storage": "int8", "pad": -100}})))
+    assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [[1, 2], [3, -100]]
+
+
+def test_empty_dataset(compacted):
+    assert list(hd.dataloader(compacted.select([]), 4)) == []
+
+
 def test_uncompacted_dataset_with_a_plan_serves_what_is_stored(ner_rows, compacted):
     plan = hd.plan_of(compacted)
     device = next(iter(hd.dataloader(ner_rows, 6, plan=plan, columns=["input_ids", "attention_mask", "labels"])))
@@ -254,22 +279,22 @@ def _layouts(compacted: datasets.Dataset, tmp_path) -> dict[str, datasets.Datase
     }
 
 
-def test_every_row_once_with_its_own_values_on_every_layout(compacted, tmp_path):
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_every_row_once_with_its_own_values_on_every_layout(compacted, tmp_path, padding_side):
     layouts = _layouts(compacted, tmp_path)
     assert layouts["chunked_file"].data.table.column("input_ids").num_chunks > 1
     assert layouts["three_files"].data.table.column("input_ids").num_chunks == 3
     for name, dataset in layouts.items():
-        expected = dataset["idx"]
         seen = []
-        for batch in hd.dataloader(dataset, 4, shuffle=True, seed=7):
+        for batch in hd.dataloader(dataset, 4, shuffle=True, seed=7, padding_side=padding_side):
             for row, row_id in enumerate(batch["idx"].tolist()):
-                length = int(batch["attention_mask"][row].sum())
-                ids = batch["input_ids"][row, :length].tolist()
-                assert ids == compacted[row_id]["input_ids"], (name, row_id)
-                assert batch["labels"][row, :length].tolist() == compacted[row_id]["labels"], (name, row_id)
-                assert not batch["attention_mask"][row, length:].any()
+                mask = batch["attention_mask"][row]
+                assert batch["input_ids"][row][mask].tolist() == compacted[row_id]["input_ids"], (name, row_id)
+                assert batch["labels"][row][mask].tolist() == compacted[row_id]["labels"], (name, row_id)
+                assert mask.sum() == len(compacted[row_id]["input_ids"]) and not batch["input_ids"][row][~mask].any()
+                assert bool(mask[-1] if padding_side == "left" else mask[0])
                 seen.append(row_id)
-        assert sorted(seen) == sorted(expected), name
+        assert sorted(seen) == sorted(dataset["idx"]), name
 
 
 def test_memory_mapped_dataset_is_read_in_place(compacted, tmp_path):
@@ -379,6 +404,17 @@ def test_unbatchable_columns():
         hd.dataloader(raw, 2, plan=plan, columns=["grid"])
     with pytest.raises(ValueError, match=r"Column 'grid'.*lists of lists cannot be padded"):
         hd.pad_batch([{"grid": [[1], [2]]}], plan)
+
+
+def test_planned_columns_that_cannot_be_batched():
+    raw = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3]], "grid": [[[1], [2]], [[3]]], "label": [0, 1]})
+    with pytest.raises(ValueError, match=r"Column 'grid' holds lists of lists.*leave it out with columns="):
+        hd.dataloader(raw, 2, plan={"input_ids": "uint8", "grid": "uint8"})
+    derived = {"input_ids": "uint8", "attention_mask": {"derived": "ones", "lengths_from": "input_ids"}}
+    with pytest.raises(ValueError, match=r"Derived column 'attention_mask' takes its row lengths from 'input_ids', which the dataset"):
+        hd.dataloader(raw.remove_columns("input_ids"), 2, plan=derived, columns=["attention_mask"])
+    with pytest.raises(ValueError, match=r"Unknown column\(s\) \['labels'\]"):
+        hd.dataloader(raw, 2, plan={"input_ids": "uint8", "labels": "int8"}, columns=["input_ids", "labels"])
 
 
 def test_null_rows_are_refused():
