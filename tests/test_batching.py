@@ -135,6 +135,8 @@ def test_loader_matches_data_collator_with_padding_for_classification(bert_token
     reference = DataCollatorWithPadding(bert_tokenizer, pad_to_multiple_of=8)([encoded[i] for i in range(11)])
     assert batch["labels"].shape == (11,)
     _assert_batches_equal(batch, reference)
+    collated = hd.PaddingCollator(hd.plan_of(small), pad_to_multiple_of=8)([encoded[i] for i in range(11)])
+    _assert_batches_equal(collated, reference)
 
 
 @pytest.mark.parametrize("kind", ["list", "numpy", "torch"])
