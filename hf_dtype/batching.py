@@ -24,10 +24,11 @@ from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
 from .widening import numpy_to_compute, torch_to_compute
 
-__all__ = ["BatchFetcher", "PaddingCollator", "pad_batch", "resolve_batch_plan"]
+__all__ = ["BatchFetcher", "PaddingCollator", "as_plan", "pad_batch", "resolve_batch_plan"]
 
 
-def _as_plan(plan: DtypePlan | Mapping | None, dataset: Dataset | None = None) -> DtypePlan:
+def as_plan(plan: DtypePlan | Mapping | None, dataset: Dataset | None = None) -> DtypePlan:
+    """``plan`` as a ``DtypePlan``; None takes the plan recorded in ``dataset``."""
     if plan is None and dataset is not None:
         plan = plan_of(dataset)
         if plan is None:
@@ -361,7 +362,7 @@ def pad_batch(
     the compute dtypes, ``"device"`` the storage dtypes. Keys are kept as they are (``label`` is not
     renamed to ``labels``).
     """
-    plan = _as_plan(plan)
+    plan = as_plan(plan)
     options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
     if not rows:
         return {}
@@ -407,7 +408,7 @@ class PaddingCollator:
 
     def __init__(self, plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None, max_length: int | None = None,
                  padding_side: str = "right", widen: str = "cpu") -> None:
-        self.plan = _as_plan(plan)
+        self.plan = as_plan(plan)
         self.options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``dataloader``: a ``torch.utils.data.DataLoader`` of padded batches gathered straight from the Arrow buffers.
 
 Its shape is the one ``accelerate`` shards in one process and in many (accelerate issue 2392): a
-``BatchSampler`` (``EpochBatchSampler``) over an ``EpochSampler`` picks the row indices, ``BatchFetcher.__getitems__`` makes
-the whole padded batch from them, and the ``collate_fn`` passes it through.
+``BatchSampler`` (``EpochBatchSampler``) over an ``EpochSampler`` picks the row indices,
+``BatchFetcher.__getitems__`` makes the whole padded batch from them, and the ``collate_fn``
+passes it through.
 
 Order: ``shuffle=True`` draws a permutation from a ``torch.Generator`` seeded with ``seed + epoch``,
 so a seed and an epoch always give the same order, on every process. The epoch advances by one each
@@ -27,7 +28,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from .batching import BatchFetcher, _as_plan, resolve_batch_plan
+from .batching import BatchFetcher, as_plan, resolve_batch_plan
 from .padding import PadOptions
 from .plan import DtypePlan
 
@@ -159,7 +160,7 @@ def dataloader(
     if taken:
         raise TypeError(f"dataloader sets {taken} itself; pass batch_size=, shuffle=, drop_last= as its own arguments.")
     options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
-    served_plan, served_columns = resolve_batch_plan(dataset, _as_plan(plan, dataset), columns)
+    served_plan, served_columns = resolve_batch_plan(dataset, as_plan(plan, dataset), columns)
     fetcher = BatchFetcher(dataset, served_plan, served_columns, options)
     sampler = EpochSampler(len(dataset), shuffle=bool(shuffle), seed=int(seed))
     return PaddedDataLoader(

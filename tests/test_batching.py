@@ -299,6 +299,19 @@ def test_every_row_once_with_its_own_values_on_every_layout(compacted, tmp_path,
         assert sorted(seen) == sorted(dataset["idx"]), name
 
 
+def test_columns_chunked_differently(compacted, tmp_path):
+    chunked = compacted.map(lambda batch: batch, batched=True, batch_size=4, writer_batch_size=4,
+                            cache_file_name=str(tmp_path / "chunked.arrow"))
+    added = chunked.add_column("row", [[i] * (i % 4) for i in chunked["idx"]]).shuffle(seed=0)
+    table = added.data.table
+    assert [len(c) for c in table.column("row").chunks] != [len(c) for c in table.column("idx").chunks]
+    plan = hd.plan_of(compacted).update({"row": {"storage": "uint8", "pad": 255}})
+    for batch in hd.dataloader(added, 5, plan=plan):
+        for row, row_id in enumerate(batch["idx"].tolist()):
+            assert batch["row"][row].tolist() == [row_id] * (row_id % 4) + [255] * (batch["row"].shape[1] - row_id % 4)
+            assert batch["input_ids"][row][batch["attention_mask"][row]].tolist() == compacted[row_id]["input_ids"]
+
+
 def test_memory_mapped_dataset_is_read_in_place(compacted, tmp_path):
     compacted.save_to_disk(str(tmp_path / "saved"))
     loaded = datasets.load_from_disk(str(tmp_path / "saved"))
