@@ -19,7 +19,7 @@ from datasets import Dataset
 from .arrow_views import ArrowColumn, column_kind
 from .casting import LossyCastError
 from .dtypes import arrow_leaf_dtype, canonical_dtype, float32_to_bfloat16_bits, integer_range, is_integer, to_torch
-from .padding import PadOptions, length_mask, pad_rows, padded_width, truncate
+from .padding import PadOptions, RowWindows, length_mask, pad_rows, padded_width, truncate
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
 from .widening import numpy_to_compute, torch_to_compute
@@ -118,7 +118,7 @@ class _Job:
     shift: np.ndarray | None = None
     pad: Any = 0
     dtype: np.dtype | None = None
-    flat: np.ndarray | None = None  # the one flat numpy view of the values, when there is one
+    windows: RowWindows | None = None  # over the one flat numpy view of the values, when there is one
     bfloat16: bool = False
 
 
@@ -154,10 +154,10 @@ class _State:
 def _list_job(name: str, entry: ColumnDtype, column: ArrowColumn, leaders: list[ArrowColumn]) -> _Job:
     pad, dtype = _pad_value(entry, column.dtype)
     values = column.values
-    flat = values.views[0] if len(values.views) == 1 and not values.bits else None
-    job = _Job(name, entry, "list", column, shape=name, pad=pad, dtype=dtype, flat=flat,
+    windows = RowWindows(values.views[0]) if len(values.views) == 1 and not values.bits else None
+    job = _Job(name, entry, "list", column, shape=name, pad=pad, dtype=dtype, windows=windows,
                bfloat16=entry.storage == "bfloat16" and dtype == np.uint16)
-    if column.is_list and flat is not None:
+    if column.is_list and windows is not None:
         for leader in leaders:
             shift = column.twin_shift(leader)
             if shift is not None:
@@ -245,7 +245,7 @@ class BatchFetcher:
                     starts = shape.starts
                     if job.kind == "twin":
                         starts = starts + (job.shift[0] if chunk is None else job.shift[chunk])
-                    values = pad_rows(job.flat if job.flat is not None else job.column.values.take, starts, shape.lengths,
+                    values = pad_rows(job.windows or job.column.values.take, starts, shape.lengths,
                                       width=shape.width, pad=job.pad, dtype=job.dtype, padding_side=options.padding_side,
                                       mask=shape.mask, pad_cells=shape.padding(), groups=shape.groups)
             out[job.name] = _tensor(values, job, options.widen)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "length_mask", "pad_rows", "padded_width", "truncate"]
+__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "RowWindows", "length_mask", "pad_rows", "padded_width", "truncate"]
 
 PADDING_SIDES = ("right", "left")
 WIDEN_MODES = ("device", "cpu")
@@ -68,14 +69,62 @@ def padded_width(lengths: np.ndarray, pad_to_multiple_of: int | None = None) -> 
 
 
 def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") -> np.ndarray:
-    """A ``(rows, width)`` bool array that is True where a row has a value, False where it is padded."""
+    """A ``(rows, width)`` bool array that is True where a row has a value, False where it is padded.
+
+    One gather of rows from a cached table whose row ``k`` has ``k`` values (``lengths <= width``).
+    """
+    table = _mask_table(width, padding_side)
     if padding_side == "left":
-        return _columns(width) >= (width - lengths)[:, None]
-    return _columns(width) < lengths[:, None]
+        return table[lengths, table.shape[1] - width:]
+    return table[lengths, :width]
+
+
+_MASKS: dict[str, np.ndarray] = {}
+
+
+def _mask_table(width: int, padding_side: str) -> np.ndarray:
+    """``(n + 1, n)`` bools, ``n >= width``: row ``k`` is True in its first (right padding) or last (left) ``k`` places."""
+    table = _MASKS.get(padding_side)
+    if table is None or table.shape[1] < width:
+        size = max(width, 64, 2 * (0 if table is None else table.shape[1]))
+        columns, counts = np.arange(size), np.arange(size + 1)[:, None]
+        table = columns >= size - counts if padding_side == "left" else columns < counts
+        _MASKS[padding_side] = table
+    return table
+
+
+class RowWindows:
+    """Every run of consecutive values of a flat array as one read-only strided view, without a copy:
+    ``rows(starts, width)`` gathers a ``(len(starts), width)`` batch in one numpy step.
+
+    Out-of-range starts make numpy raise, so ``rows`` returns None for them, and the caller falls
+    back to a clipped gather.
+    """
+
+    def __init__(self, flat: np.ndarray) -> None:
+        self.flat = flat
+        self._view: np.ndarray | None = None
+        self._width = 0
+
+    def rows(self, starts: np.ndarray, width: int) -> np.ndarray | None:
+        if width > self._width:
+            self._width = max(width, 64, 2 * self._width)
+            if self._width > len(self.flat):
+                self._width, self._view = width, None
+            else:
+                step = self.flat.strides[0]
+                self._view = as_strided(self.flat, shape=(len(self.flat) - self._width + 1, self._width),
+                                        strides=(step, step), writeable=False)
+        if self._view is None:
+            return None
+        try:
+            return self._view[starts, :width]
+        except IndexError:
+            return None
 
 
 def pad_rows(
-    values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    values: np.ndarray | RowWindows | Callable[[np.ndarray, np.ndarray | None], np.ndarray],
     starts: np.ndarray,
     lengths: np.ndarray,
     *,
@@ -91,22 +140,27 @@ def pad_rows(
 
     ``lengths`` must already be truncated to at most ``width``; ``mask`` is their ``length_mask``
     and ``pad_cells`` its negation, when the caller has them (columns of equal row lengths share
-    them). ``values`` is a flat array, or a function ``take(positions, groups)`` that returns the
-    values at flat ``positions``, where ``groups`` (from the per-row ``groups``) says which buffer
-    each lies in.
+    them). ``values`` is a flat array, its ``RowWindows``, or a function ``take(positions, groups)``
+    that returns the values at flat ``positions``, where ``groups`` (from the per-row ``groups``)
+    says which buffer each lies in.
     """
     if not len(lengths) or not width:
         return np.full((len(lengths), width), pad, dtype=dtype)
     if mask is None:
         mask = length_mask(lengths, width, padding_side)
-    shift = starts if padding_side == "right" else starts - (width - lengths)
-    positions = shift[:, None] + _columns(width)
-    if not isinstance(values, np.ndarray):
+    origin = starts if padding_side == "right" else starts - (width - lengths)
+    out = None
+    if isinstance(values, RowWindows):
+        if padding_side == "right" or origin.min() >= 0:  # a negative start would wrap around
+            out = values.rows(origin, width)
+        values = values.flat
+    if out is None and not isinstance(values, np.ndarray):
         out = np.full((len(lengths), width), pad, dtype=dtype)
-        out[mask] = values(positions[mask], None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+        positions = (origin[:, None] + _columns(width))[mask]
+        out[mask] = values(positions, None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
         return out
-    # Gather every cell, pad cells clipped into the array, then overwrite the pad cells: elementwise, no boolean indexing.
-    out = values.take(positions, mode="clip")
+    if out is None:  # every cell gathered, pad cells clipped into the array, then overwritten
+        out = values.take(origin[:, None] + _columns(width), mode="clip")
     if out.dtype != dtype:
         out = out.astype(dtype)
     np.copyto(out, pad, where=~mask if pad_cells is None else pad_cells)
