@@ -18,7 +18,7 @@ import torch
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 import hf_dtype as hd
-from hf_dtype.padding import length_mask, pad_rows, padded_width
+from hf_dtype.padding import RowWindows, length_mask, pad_rows, padded_width
 
 datasets.disable_progress_bars()
 
@@ -96,6 +96,27 @@ def test_pad_rows_right_and_left():
     assert left.tolist() == [[0, 0, 0, 0, 1, 2], [0] * 6, [0, 3, 4, 5, 6, 7]]
     assert length_mask(lengths, 6, "left").sum(axis=1).tolist() == [3, 0, 5]
     assert padded_width(np.array([3, 9]), 8) == 16 and padded_width(np.array([], dtype=np.int64), 8) == 0
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("size", [5, 70, 300])
+def test_pad_rows_through_windows_equals_a_plain_gather(padding_side, size):
+    rng = np.random.default_rng(size)
+    flat = rng.integers(-100, 100, size).astype(np.int8)
+    windows = RowWindows(flat)
+    for _ in range(20):
+        lengths = rng.integers(0, min(size, 40), 16)
+        starts = rng.integers(0, size - lengths + 1)  # rows at both ends of the array included
+        starts[:2], lengths[:2] = [0, size - lengths[1]], [lengths[0], lengths[1]]
+        width = padded_width(lengths, 8)
+        expected = np.full((16, width), -7, dtype=np.int8)
+        for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+            if length:
+                cells = slice(width - length, width) if padding_side == "left" else slice(0, length)
+                expected[row, cells] = flat[start:start + length]
+        for values in (flat, windows, flat.take):
+            got = pad_rows(values, starts, lengths, width=width, pad=-7, dtype=np.dtype(np.int8), padding_side=padding_side)
+            assert np.array_equal(got, expected)
 
 
 # --- equal to the transformers collators --------------------------------------------------------
