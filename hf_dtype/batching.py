@@ -9,6 +9,7 @@ their source column's row lengths.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -293,6 +294,33 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _nested_error(name: str, depths: set[int]) -> ValueError:
+    return ValueError(f"Column {name!r}: rows must all be numbers or all be flat lists of numbers; "
+                      f"found {sorted(depths)}-dimensional rows (lists of lists cannot be padded).")
+
+
+def _flatten_rows(name: str, values: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows' values end to end, and each row's length (None when every row is one number)."""
+    if all(type(value) is list for value in values):  # the common case, without one numpy array per row
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        try:
+            flat = np.array(list(itertools.chain.from_iterable(values)))
+        except ValueError:
+            raise _nested_error(name, {2}) from None
+        if flat.ndim != 1:
+            raise _nested_error(name, {flat.ndim + 1})
+        return (flat if flat.size else flat.astype(np.int64)), lengths
+    arrays = [_as_numpy(value) for value in values]
+    depths = {array.ndim for array in arrays}
+    if len(depths) > 1 or max(depths) > 1:
+        raise _nested_error(name, depths)
+    if depths == {0}:
+        return np.stack(arrays), None
+    lengths = np.fromiter((len(array) for array in arrays), dtype=np.int64, count=len(arrays))
+    filled = [array for array in arrays if array.size]
+    return (np.concatenate(filled) if filled else np.zeros(0, dtype=np.int64)), lengths
+
+
 def _working_dtype(dtype: np.dtype) -> np.dtype:
     """Values are padded in a dtype that holds any pad (-100 included), and cast once at the end."""
     return np.dtype(np.int64) if dtype.kind in "iu" else dtype
@@ -323,25 +351,19 @@ def _target(entry: ColumnDtype, widen: str) -> str:
 def _pad_column(name: str, values: list[Any], entry: ColumnDtype | None, options: PadOptions):
     import torch
 
-    arrays = [_as_numpy(value) for value in values]
-    depth = arrays[0].ndim if arrays else 0
-    if any(array.ndim != depth for array in arrays) or depth > 1:
-        raise ValueError(f"Column {name!r}: rows must all be numbers or all be flat lists of numbers; "
-                         f"found {sorted({array.ndim for array in arrays})}-dimensional rows (lists of lists cannot be padded).")
-    filled = [array for array in arrays if array.size] or arrays
-    dtype = np.result_type(*filled) if filled else np.dtype(np.int64)
-    if dtype.kind not in "biuf":
-        raise ValueError(f"Column {name!r} holds {dtype} values; only numbers and lists of numbers can be padded.")
-    entry = entry or _implicit_entry(dtype)
-    if depth == 0:
-        padded, lengths = np.stack(arrays).astype(_working_dtype(dtype)), None
+    flat, lengths = _flatten_rows(name, values)
+    if flat.dtype.kind not in "biuf":
+        raise ValueError(f"Column {name!r} holds {flat.dtype} values; only numbers and lists of numbers can be padded.")
+    entry = entry or _implicit_entry(flat.dtype)
+    dtype = _working_dtype(flat.dtype)
+    if lengths is None:
+        padded = flat.astype(dtype, copy=False)
     else:
-        lengths = truncate(np.array([len(array) for array in arrays], dtype=np.int64), options.max_length)
-        flat = np.concatenate([array[:length] for array, length in zip(arrays, lengths, strict=True)]) if arrays else np.zeros(0, dtype)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        lengths = truncate(lengths, options.max_length)
         width = padded_width(lengths, options.pad_to_multiple_of)
-        padded = pad_rows(flat, starts, lengths, width=width, pad=entry.pad_value,
-                          dtype=_working_dtype(dtype), padding_side=options.padding_side)
+        padded = pad_rows(flat, starts, lengths, width=width, pad=entry.pad_value, dtype=dtype, padding_side=options.padding_side)
     return _cast(torch.from_numpy(padded), _target(entry, options.widen), name), lengths
 
 
