@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from numpy.lib.stride_tricks import as_strided
 
 __all__ = ["ArrowColumn", "ChunkLayout", "FlatBuffers", "column_kind"]
 
@@ -135,52 +136,68 @@ class ArrowColumn:
         self.dtype = _numeric_dtype(column.type.value_type if self.is_list else column.type)
         self.values = FlatBuffers([leaf.buffers()[1] for leaf in leaves], [leaf.offset for leaf in leaves], self.dtype)
         first_rows = self.layout.starts[:-1]
-        # For row position r in chunk c, its offset (or fixed-size row) index is r + shift[c].
         row_offsets = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
         self.offsets = None
-        self._next = None
-        self._shift = row_offsets - first_rows
+        self._pairs = None  # (first, stop) offsets of every row, as one strided view, when there is one offsets view
         if self.is_list and self.fixed_size is None:
             offset_type = np.int64 if pa.types.is_large_list(column.type) else np.int32
             self.offsets = FlatBuffers([chunk.buffers()[1] for chunk in chunks], row_offsets.tolist(), offset_type)
-            self._shift = self.offsets.base - first_rows
-            self._next = self.offsets.views[0][1:] if len(self.offsets.views) == 1 else None
-        elif not self.is_list:
-            self._shift = self.values.base - first_rows
+            shift = self.offsets.base - first_rows
+            if len(self.offsets.views) == 1 and len(self.offsets.views[0]) > 1:
+                view = self.offsets.views[0]
+                self._pairs = as_strided(view, shape=(len(view) - 1, 2), strides=(view.strides[0],) * 2, writeable=False)
+        else:
+            shift = (self.values.base if not self.is_list else row_offsets) - first_rows
+        # Per chunk c: row position r is entry r + shift[c] of its offsets (or values, or fixed-size rows),
+        # and its values start at base[c] + that row's first offset. One gather of both per batch.
+        self._shift_base = np.stack([shift, self.values.base], axis=1)
+        self._one_chunk = tuple(self._shift_base[0].tolist())  # used when there is a single chunk
 
     def _check_no_nulls(self, chunks: list[pa.Array], leaves: list[pa.Array]) -> None:
         for kind, arrays in (("row", chunks), ("value", leaves)):
             if any(array.null_count for array in arrays):
                 raise ValueError(f"Column {self.name!r} has a null {kind}; fill or drop nulls before batching.")
 
-    def _index(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
-        shift = self._shift[0] if chunk is None else self._shift[chunk]
-        return rows + shift if chunk is not None or shift else rows
+    def _locate(self, rows: np.ndarray, chunk: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | int]:
+        """Each row's entry index (see ``_shift_base``) and its chunk's values base."""
+        if chunk is None:
+            shift, base = self._one_chunk
+            return (rows + shift if shift else rows), base
+        shift_base = self._shift_base[chunk]
+        return rows + shift_base[:, 0], shift_base[:, 1]
 
     def spans(self, rows: np.ndarray, chunk: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """For list rows: where each row's values start (in its view), how many there are, and which view holds
         them (None when there is one view)."""
-        at = self._index(rows, chunk)
-        base = self.values.base[0] if chunk is None else self.values.base[chunk]
+        at, base = self._locate(rows, chunk)
         groups = None if len(self.values.views) == 1 else self.values.group[chunk]
         if self.fixed_size is not None:
             return base + at * self.fixed_size, np.full(len(rows), self.fixed_size, dtype=np.int64), groups
-        if self._next is not None:
-            first, stop = self.offsets.views[0][at], self._next[at]
+        if self._pairs is not None:
+            pairs = self._pairs[at]
+            first, stop = pairs[:, 0], pairs[:, 1]
         else:
             where = self.offsets.group[chunk]
             first, stop = self.offsets.take(at, where), self.offsets.take(at + 1, where)
-        lengths = stop - first
-        return (first + base if chunk is not None or base else first), lengths, groups
+        return (first + base if chunk is not None or base else first), stop - first, groups
+
+    def scalars(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
+        """For a scalar column: the value of each row."""
+        at, _ = self._locate(rows, chunk)
+        return self.values.take(at, None if chunk is None else self.values.group[chunk])
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """For a scalar column: the values at row ``positions``."""
+        return self.scalars(positions, self.layout.locate(positions))
 
     def twin_shift(self, other: ArrowColumn) -> np.ndarray | None:
         """Per chunk, how far this column's values lie from ``other``'s, when every row has the same length in
         both (``input_ids`` and ``labels``): then a row's start here is its start in ``other`` plus this shift,
         and a batch reads the offsets once. None when they are not such twins. Reads both offsets once."""
-        if (other.layout is not self.layout or self._next is None or other._next is None
+        if (other.layout is not self.layout or self._pairs is None or other._pairs is None
                 or len(self.values.views) > 1 or len(other.values.views) > 1):
             return None
-        shift = np.zeros(len(self._shift), dtype=np.int64)
+        shift = np.zeros(len(self._shift_base), dtype=np.int64)
         for chunk, rows in enumerate(np.diff(self.layout.starts).tolist()):
             if not rows:
                 continue
@@ -190,11 +207,3 @@ class ArrowColumn:
                 return None
             shift[chunk] = (self.values.base[chunk] + mine[0]) - (other.values.base[chunk] + theirs[0])
         return shift
-
-    def scalars(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
-        """For a scalar column: the value of each row."""
-        return self.values.take(self._index(rows, chunk), None if chunk is None else self.values.group[chunk])
-
-    def rows(self, positions: np.ndarray) -> np.ndarray:
-        """For a scalar column: the values at row ``positions``."""
-        return self.scalars(positions, self.layout.locate(positions))

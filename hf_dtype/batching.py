@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset
 
 from .arrow_views import ArrowColumn, column_kind
@@ -150,6 +151,7 @@ class _State:
     jobs: list[_Job]
     views: dict[str, ArrowColumn]
     mapping: ArrowColumn | None  # the dataset's indices mapping (shuffle / select / filter), if any
+    size: int  # the dataset's number of rows
 
 
 def _list_job(name: str, entry: ColumnDtype, column: ArrowColumn, leaders: list[ArrowColumn]) -> _Job:
@@ -208,10 +210,10 @@ class BatchFetcher:
                 jobs.append(_Job(name, entry, "derived", shape=entry.lengths_from))
         indices = self.dataset._indices
         mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
-        return _State(jobs, views, mapping)
+        return _State(jobs, views, mapping, len(self.dataset))
 
-    def _positions(self, indices: Sequence[int], mapping: ArrowColumn | None) -> np.ndarray:
-        size = len(self.dataset)
+    @staticmethod
+    def _positions(indices: Sequence[int], mapping: ArrowColumn | None, size: int) -> np.ndarray:
         if len(indices) and (min(indices) < 0 or max(indices) >= size):
             bad = next(int(i) for i in indices if not 0 <= i < size)
             raise IndexError(f"Row {bad} is out of range for a dataset of {size} rows.")
@@ -224,7 +226,7 @@ class BatchFetcher:
             self._state = self._build()
         state, options = self._state, self.options
         multiple = options.pad_to_multiple_of if pad_to_multiple_of is None else pad_to_multiple_of
-        rows = self._positions(indices, state.mapping)
+        rows = self._positions(indices, state.mapping, state.size)
         chunks: dict[int, np.ndarray | None] = {}
         shapes: dict[str, _Shape] = {}
         out = {}
@@ -260,10 +262,8 @@ class BatchFetcher:
         return {name: value[0] for name, value in self.batch([index], pad_to_multiple_of=1).items()}
 
 
-def _tensor(values: np.ndarray, job: _Job, widen: str):
+def _tensor(values: np.ndarray, job: _Job, widen: str) -> torch.Tensor:
     """``values`` as a tensor: in storage dtype (bfloat16 bits viewed as bfloat16), or widened to compute dtype."""
-    import torch
-
     if widen == "cpu" and job.entry.served_dtype != "bfloat16":
         values = numpy_to_compute(values, job.entry)  # numpy casts small arrays faster than torch
         return torch.from_numpy(values)
@@ -349,8 +349,6 @@ def _target(entry: ColumnDtype, widen: str) -> str:
 
 
 def _pad_column(name: str, values: list[Any], entry: ColumnDtype | None, options: PadOptions):
-    import torch
-
     flat, lengths = _flatten_rows(name, values)
     if flat.dtype.kind not in "biuf":
         raise ValueError(f"Column {name!r} holds {flat.dtype} values; only numbers and lists of numbers can be padded.")
@@ -406,8 +404,6 @@ def pad_batch(
 
 
 def _add_derived(out: dict[str, Any], plan: DtypePlan, lengths_of: dict, options: PadOptions) -> None:
-    import torch
-
     sources = [name for name in lengths_of]
     for name, entry in plan.derived.items():
         source = entry.lengths_from or ("input_ids" if "input_ids" in sources else sources[0] if sources else None)
