@@ -1,8 +1,10 @@
 """The pad kernel: ragged rows, given as start positions and lengths in a flat buffer, into one 2-D array.
 
-Pure numpy and vectorized: one fill, one boolean mask, one gather per column, whatever the batch
-size; no loop over rows. The caller supplies the flat values (or a ``take`` function for values
-that are not one numpy array, such as bit-packed Arrow booleans or buffers split across files).
+Pure numpy and vectorized, whatever the batch size, with no loop over rows: the mask is one gather
+from a cached table, the values one gather of row windows (``RowWindows``, a strided view) or of
+clipped cell positions, and the pad one masked fill. The caller supplies the flat values, or a
+``take`` function for values that are not one numpy array (bit-packed Arrow booleans, buffers
+split across files).
 """
 
 from __future__ import annotations
