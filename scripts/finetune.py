@@ -83,9 +83,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--per_device_train_batch_size", type=int, default=16)
     model.add_argument("--per_device_eval_batch_size", type=int, default=32)
     model.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    model.add_argument("--learning_rate", type=float, default=1e-4)
+    # Defaults fit the small pretrained MiniLM on the embedded 500-sentence sample (validation F1 about 0.6 after 3 epochs).
+    model.add_argument("--learning_rate", type=float, default=3e-4)
     model.add_argument("--weight_decay", type=float, default=0.0)
-    model.add_argument("--num_warmup_steps", type=int, default=0)
+    model.add_argument("--num_warmup_steps", type=int, default=10)
     model.add_argument("--num_train_epochs", type=int, default=3)
     model.add_argument("--max_train_steps", type=int, default=None, help="Stop after this many optimizer steps (overrides epochs).")
     model.add_argument("--seed", type=int, default=42)
@@ -186,14 +187,18 @@ def build_model(args: argparse.Namespace, data: PreparedData) -> torch.nn.Module
         raise InputError(f"--model_name_or_path {args.model_name_or_path!r}: cannot load its weights for {args.task} ({error}).") from None
 
 
-def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW, without weight decay on biases and LayerNorm weights (as the transformers examples do)."""
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, without weight decay on biases and LayerNorm weights (as the transformers examples do).
+
+    The fused kernel where torch has one (CPU, CUDA): on 2 CPU cores it takes a third of the time of
+    the default for-each update, which is a large part of a step for a small model.
+    """
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": args.weight_decay},
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=True if device.type in ("cpu", "cuda") else None)
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -402,6 +407,11 @@ def _fresh_accelerator(args: argparse.Namespace) -> Accelerator:
                        **options)
 
 
+def _flat(prefix: str, scores: Mapping[str, Any] | None) -> dict[str, float]:
+    """The float scores of ``scores`` as ``prefix/name`` (what the trackers take)."""
+    return {f"{prefix}/{key}": value for key, value in (scores or {}).items() if isinstance(value, float)}
+
+
 def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()}
 
@@ -436,12 +446,14 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     if failure is not None:
         raise failure
     model = build_model(args, data)
+    num_parameters = sum(p.numel() for p in model.parameters())
     if served.plan is not None:
         logger.info(f"Data path {args.data_path}, plan:\n{served.plan}", main_process_only=True)
 
     metrics: dict[str, Any] = {
         "task": args.task, "plan_option": args.plan, "data_path": args.data_path, "widen": args.widen if served.plan else None,
         "plan": served.plan.to_dict() if served.plan is not None else None, "model": args.model_name_or_path,
+        "num_parameters": num_parameters,
         "num_processes": accelerator.num_processes, "mixed_precision": args.mixed_precision, "seed": args.seed,
         "labels": data.labels.names, "rows": {split: len(part) for split, part in data.tokenized.items()},
         **_dataset_bytes(served, data),
@@ -456,6 +468,10 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     predictions: dict[str, list] = {}
     for split, loader in eval_loaders.items():
         metrics[split], predictions[split] = evaluate(model, loader, accelerator, served, args.task, data.labels, desc=split)
+    if metrics.get("epochs") and "validation" in metrics:  # the final evaluation is the last epoch's
+        metrics["epochs"][-1]["validation"] = {key: value for key, value in metrics["validation"].items() if key != "per_type"}
+        if args.with_tracking:
+            accelerator.log(_flat("validation", metrics["validation"]), step=metrics["completed_steps"])
     metrics.update(peak_memory())
     save_outputs(args, accelerator, model, data, metrics, predictions)
     summarize(accelerator, metrics)
@@ -467,7 +483,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
 def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, served: ServedData,
           data: PreparedData) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """The training loop: gradient accumulation, linear schedule, checkpoints, resume, one evaluation per epoch."""
-    optimizer = make_optimizer(model, args)
+    optimizer = make_optimizer(model, args, accelerator.device)
     model, optimizer, train_loader, *loaders = accelerator.prepare(model, optimizer, served.train, *served.eval.values())
     eval_loaders = dict(zip(served.eval, loaders, strict=True))
 
@@ -538,7 +554,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
         if checkpointing == "epoch":
             accelerator.save_state(os.path.join(args.output_dir, f"epoch_{epoch}"))
         record = {"epoch": epoch, "train_loss": history.epoch_loss(epoch)}
-        if "validation" in eval_loaders:
+        last = epoch == num_epochs - 1 or completed_steps >= max_train_steps
+        if "validation" in eval_loaders and not last:  # the last epoch's model is evaluated once, after training
             record["validation"], _ = evaluate(model, eval_loaders["validation"], accelerator, served, args.task, data.labels,
                                                desc=f"eval epoch {epoch}")
             record["validation"].pop("per_type", None)
@@ -546,8 +563,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
         epochs.append(record)
         logger.info(f"epoch {epoch}: {record}", main_process_only=True)
         if args.with_tracking:
-            accelerator.log({"train/epoch_loss": record["train_loss"] or 0.0,
-                             **{f"validation/{k}": v for k, v in record.get("validation", {}).items()}}, step=completed_steps)
+            accelerator.log({"train/epoch_loss": record["train_loss"] or 0.0, **_flat("validation", record.get("validation"))},
+                            step=completed_steps)
     train_seconds = time.perf_counter() - train_start
     progress.close()
     rows = clock.rows * accelerator.num_processes
