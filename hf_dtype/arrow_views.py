@@ -68,11 +68,21 @@ class FlatBuffers:
         """The elements at ``positions``; ``groups`` (same shape) names each one's view when there are several."""
         if len(self.views) == 1:
             return self._take_one(self.views[0], positions)
-        out = np.empty(positions.shape, dtype=self.dtype)
-        for group in np.unique(groups):
-            chosen = groups == group
-            out[chosen] = self._take_one(self.views[group], positions[chosen])
-        return out
+        # One stable sort of the groups, then one gather per group on its slice of the order: no np.unique and
+        # no full-size boolean masks per group.
+        flat_positions, flat_groups = positions.ravel(), np.asarray(groups).ravel()
+        counts = np.bincount(flat_groups, minlength=len(self.views))
+        present = np.flatnonzero(counts)
+        if len(present) == 1:
+            return self._take_one(self.views[present[0]], positions)
+        order = np.argsort(flat_groups, kind="stable")
+        out = np.empty(flat_positions.shape, dtype=self.dtype)
+        start = 0
+        for group in present.tolist():
+            chosen = order[start:start + counts[group]]
+            out[chosen] = self._take_one(self.views[group], flat_positions[chosen])
+            start += counts[group]
+        return out.reshape(positions.shape)
 
 
 def _is_list(arrow_type: pa.DataType) -> bool:

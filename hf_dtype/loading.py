@@ -52,10 +52,11 @@ class EpochSampler(Sampler[int]):
 
     def order(self, epoch: int) -> np.ndarray:
         """The row order of ``epoch``."""
+        dtype = np.int32 if self.size <= np.iinfo(np.int32).max else np.int64  # 4 bytes a row: a large epoch's order is half as big
         if not self.shuffle:
-            return np.arange(self.size, dtype=np.int64)
+            return np.arange(self.size, dtype=dtype)
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.size, generator=generator).numpy()
+        return torch.randperm(self.size, dtype=getattr(torch, dtype.__name__), generator=generator).numpy()
 
     def next_order(self) -> np.ndarray:
         """The order of the current epoch; the epoch then advances by one."""
