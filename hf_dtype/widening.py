@@ -6,6 +6,7 @@ bytes that cross the bus are the storage bytes and the widening happens where th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from .plan import ColumnDtype, DtypePlan
 __all__ = ["numpy_compute_dtype", "numpy_to_compute", "torch_to_compute", "to_tensor", "widen_batch"]
 
 
+@functools.cache
 def _narrows(entry: ColumnDtype) -> bool:
     """Whether the compute dtype holds fewer integers than the storage dtype (then values are checked)."""
     source, target = entry.storage, entry.served_dtype
@@ -58,12 +60,17 @@ def torch_to_compute(tensor, entry: ColumnDtype, *, non_blocking: bool = False):
 
     if entry.storage == "bfloat16" and tensor.dtype in (torch.uint16, torch.int16):
         tensor = tensor.view(torch.bfloat16)
-    target = to_torch(entry.served_dtype)
+    target = _torch_target(entry)
     if tensor.dtype == target:
         return tensor
     if _narrows(entry):
         _check_fits(tensor, entry)
     return tensor.to(target, non_blocking=non_blocking)
+
+
+@functools.cache
+def _torch_target(entry: ColumnDtype):
+    return to_torch(entry.served_dtype)
 
 
 def to_tensor(values: np.ndarray, entry: ColumnDtype, *, widen: bool = True):
