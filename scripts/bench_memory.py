@@ -252,12 +252,12 @@ def report(build: dict[str, Any], runs: dict[str, dict[str, Any]], compare_batch
         vm_fraction = summary["hd_full_epoch"]["VmRSS_since_before_load"]["fraction_of_disk"]
         status = runs["hd"]["status"]
         load = status["after_load"].get("RssAnon", 0) - status["before_load"].get("RssAnon", 0)
-        order = 8 * build["rows"]
+        order = 4 * build["rows"]  # EpochSampler keeps an int32 order
         print(f"target: anonymous memory grows < {TARGET_FRACTION:.0%} of the dataset's size over the epoch: "
               f"{'met' if epoch < TARGET_FRACTION else 'MISSED'} ({100 * epoch:.2f}%); with load_from_disk: {100 * with_load:.2f}%; "
               f"total RSS (file-backed mmap pages included) grows {100 * vm_fraction:.1f}%")
         print(f"load_from_disk itself: {load / 2**20:,.1f} MiB anonymous ({100 * load / disk:.2f}%); a shuffled epoch's row order "
-              f"(one int64 per row): {order / 2**20:,.1f} MiB ({100 * order / disk:.2f}%)")
+              f"(one int32 per row): {order / 2**20:,.1f} MiB ({100 * order / disk:.2f}%)")
         summary["target"] = {"max_fraction_of_disk": TARGET_FRACTION, "measure": "RssAnon_since_before_epoch",
                              "met": epoch < TARGET_FRACTION, "met_including_load_from_disk": with_load < TARGET_FRACTION}
         summary["load_from_disk_RssAnon_bytes"] = load
