@@ -574,6 +574,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
         "step_losses": history.step_losses, "step_epochs": history.step_epochs,
         "train_seconds": train_seconds, "train_rows_seen": rows,
         "train_rows_per_s": rows / clock.total if clock.total else None,
+        "train_batches": clock.batches,
         "data_wait_seconds": clock.wait, "data_wait_share": clock.wait / clock.total if clock.total else None,
         "bytes_per_batch": clock.batch_bytes / clock.batches if clock.batches else None,
         "bytes_per_batch_max": clock.batch_bytes_max, "batch_dtypes": clock.batch_dtypes,

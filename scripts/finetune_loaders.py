@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
+from finetune_data import InputError
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 import hf_dtype as hd
@@ -81,9 +82,13 @@ def _row_loader(rows: torch.utils.data.Dataset, collate: Callable, batch_size: i
 def _compact_loaders(args: Any, tokenized: DatasetDict, tokenizer: Any) -> ServedData:
     if args.plan == "compact":
         plan = hd.infer_plan(tokenized, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
-    else:
-        plan = hd.DtypePlan.from_json(args.plan)
-    small = hd.compact(tokenized, plan)
+        small = hd.compact(tokenized, plan)
+    else:  # a plan written by hand may not fit the data: say so before training, naming the file
+        try:
+            plan = hd.DtypePlan.from_json(args.plan)
+            small = hd.compact(tokenized, plan)
+        except (ValueError, TypeError) as error:
+            raise InputError(f"--plan {args.plan!r} does not fit the tokenized data: {error}") from None
     plan = hd.plan_of(small) or plan
     options = dict(pad_to_multiple_of=args.pad_to_multiple_of, widen=args.widen, plan=plan)
     train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, **options) \

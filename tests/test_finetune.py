@@ -285,6 +285,14 @@ def test_model_path_that_is_not_a_model(tiny_model_dir, ner_files, tmp_path, no_
         run(ner_argv(model, ner_files))
 
 
+def test_plan_file_that_does_not_fit(tiny_model_dir, ner_files, tmp_path, no_training):
+    """A hand-written plan that would lose token ids (int8 cannot hold them) is refused, naming the file, the column and the value."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"input_ids": {"storage": "int8", "compute": "int64", "pad": 0}}))
+    with pytest.raises(InputError, match=r"--plan '.*plan\.json' does not fit the tokenized data: .*'input_ids'.*int8"):
+        run([*ner_argv(tiny_model_dir, ner_files), "--plan", str(plan)])
+
+
 def test_command_line_error_is_one_line_before_training(tiny_model_dir, ner_files, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, SCRIPT, *ner_argv(tiny_model_dir, ner_files), "--label_column_name", "tags", "--output_dir", str(out)]
