@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.lib.stride_tricks import as_strided
 
+from .casting import is_list_type
+
 __all__ = ["ArrowColumn", "ChunkLayout", "FlatBuffers", "column_kind"]
 
 
@@ -85,10 +87,6 @@ class FlatBuffers:
         return out.reshape(positions.shape)
 
 
-def _is_list(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
-
-
 def _numeric_dtype(arrow_type: pa.DataType) -> np.dtype | None:
     if pa.types.is_boolean(arrow_type) or pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
         return np.dtype(arrow_type.to_pandas_dtype())
@@ -97,8 +95,8 @@ def _numeric_dtype(arrow_type: pa.DataType) -> np.dtype | None:
 
 def column_kind(arrow_type: pa.DataType) -> str | None:
     """``"scalar"`` or ``"list"`` for a numeric column or a list of numbers, ``"nested"`` for lists of lists, else None."""
-    if _is_list(arrow_type):
-        if _is_list(arrow_type.value_type):
+    if is_list_type(arrow_type):
+        if is_list_type(arrow_type.value_type):
             return "nested"
         return "list" if _numeric_dtype(arrow_type.value_type) is not None else None
     return "scalar" if _numeric_dtype(arrow_type) is not None else None

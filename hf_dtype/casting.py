@@ -22,14 +22,15 @@ from .dtypes import (
     to_arrow,
 )
 
-__all__ = ["LossyCastError", "cast_array", "flatten_leaf", "leaf_row", "with_leaf_type", "row_lengths"]
+__all__ = ["LossyCastError", "cast_array", "flatten_leaf", "is_list_type", "leaf_row", "with_leaf_type", "row_lengths"]
 
 
 class LossyCastError(ValueError):
     """A value does not survive the cast to a column's planned dtype."""
 
 
-def _is_list(arrow_type: pa.DataType) -> bool:
+def is_list_type(arrow_type: pa.DataType) -> bool:
+    """Whether ``arrow_type`` is a list, large list or fixed-size list."""
     return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
 
 
@@ -47,7 +48,7 @@ def with_leaf_type(arrow_type: pa.DataType, leaf: pa.DataType) -> pa.DataType:
 def flatten_leaf(array: pa.Array) -> tuple[pa.Array, list[np.ndarray]]:
     """The leaf values of ``array`` (a zero-copy slice) and, per list level from the outside in, offsets from 0."""
     levels = []
-    while _is_list(array.type):
+    while is_list_type(array.type):
         if pa.types.is_fixed_size_list(array.type):
             size = array.type.list_size
             levels.append(np.arange(len(array) + 1, dtype=np.int64) * size)
