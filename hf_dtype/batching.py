@@ -1,43 +1,115 @@
-"""Padded batches, vectorized: straight from a dataset's Arrow buffers (``BatchFetcher``), or from rows (``pad_batch``).
+"""Padded batches, vectorized: the one kernel behind ``dataloader`` (rows gathered from Arrow) and ``PaddingCollator`` (rows given).
 
-Per column one step: offsets → lengths → gather → fill, with numpy, whatever the batch size. A
-batch comes out in the storage dtypes (``widen="device"``: uint16 ids, int8 labels, bool masks, so
-fewer bytes cross to the device; ``plan.widen(batch)`` there) or in the compute dtypes
-(``widen="cpu"``, equal to ``plan.widen`` of the device batch). Derived columns are rebuilt from
-their source column's row lengths.
+Per column one step: lengths → mask → gather → fill, with numpy, whatever the batch size, and
+memory in proportion to the batch. A batch comes out in the storage dtypes (``widen="device"``:
+uint16 ids, int8 labels, bool masks, so fewer bytes cross to the device; ``plan.widen(batch)``
+there) or in the compute dtypes (``widen="cpu"``, equal to ``plan.widen`` of the device batch).
+Derived columns are rebuilt from their source column's row lengths; ``label`` / ``label_ids``
+become ``labels``, as ``DataCollatorWithPadding`` renames them, so the model computes its loss.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 
-from .arrow_views import ArrowColumn, column_kind
-from .casting import LossyCastError
-from .dtypes import arrow_leaf_dtype, canonical_dtype, float32_to_bfloat16_bits, integer_range, is_integer, to_torch
-from .padding import PadOptions, RowWindows, length_mask, pad_rows, padded_width, truncate
-from .plan import ColumnDtype, DtypePlan
-from .recording import plan_of
-from .widening import numpy_to_compute, torch_to_compute
+from .convert import to_compute, to_dtype
+from .dtypes import float32_to_bfloat16_bits, integer_range, to_torch
+from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan, as_plan
 
-__all__ = ["BatchFetcher", "PaddingCollator", "as_plan", "pad_batch", "resolve_batch_plan"]
+__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "PaddingCollator", "Rows", "assemble", "length_mask", "pad_batch", "pad_rows"]
+
+PADDING_SIDES = ("right", "left")
+WIDEN_MODES = ("device", "cpu")
 
 
-def as_plan(plan: DtypePlan | Mapping | None, dataset: Dataset | None = None) -> DtypePlan:
-    """``plan`` as a ``DtypePlan``; None takes the plan recorded in ``dataset``."""
-    if plan is None and dataset is not None:
-        plan = plan_of(dataset)
-        if plan is None:
-            raise ValueError("The dataset carries no dtype plan: pass plan= (a DtypePlan or its dict form), or compact the dataset first.")
-    if plan is None:
-        raise ValueError("A plan is needed: a DtypePlan or its dict form.")
-    return plan if isinstance(plan, DtypePlan) else DtypePlan.from_dict(plan)
+def _positive_or_none(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
+        raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class PadOptions:
+    """How a batch is padded and served; checked once, when built.
+
+    Args:
+        pad_to_multiple_of: round the padded width up to a multiple of this (8 for tensor cores).
+        max_length: keep at most the first ``max_length`` values of each row.
+        padding_side: ``"right"`` (pad after the values) or ``"left"`` (pad before them).
+        widen: ``"device"`` keeps the storage dtypes (widen after the transfer with ``plan.widen``),
+            ``"cpu"`` serves the compute dtypes.
+    """
+
+    pad_to_multiple_of: int | None = None
+    max_length: int | None = None
+    padding_side: str = "right"
+    widen: str = "device"
+
+    def __post_init__(self) -> None:
+        _positive_or_none("pad_to_multiple_of", self.pad_to_multiple_of)
+        _positive_or_none("max_length", self.max_length)
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}; got {self.padding_side!r}.")
+        if self.widen not in WIDEN_MODES:
+            raise ValueError(f"widen must be one of {WIDEN_MODES} ('device': storage dtypes, widen after the transfer with "
+                             f"plan.widen; 'cpu': compute dtypes); got {self.widen!r}.")
+
+    def width(self, lengths: np.ndarray) -> int:
+        """The padded width of rows of ``lengths``: the longest, rounded up to ``pad_to_multiple_of``."""
+        width = int(lengths.max()) if len(lengths) else 0
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return width
+
+
+def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") -> np.ndarray:
+    """A ``(rows, width)`` bool array, True where a row has a value and False where it is padded."""
+    columns = np.arange(width)
+    if padding_side == "left":
+        return columns >= (width - lengths)[:, None]
+    return columns < lengths[:, None]
+
+
+def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.ndarray], starts: np.ndarray, lengths: np.ndarray,
+             *, width: int, pad: int | float, dtype: np.dtype, mask: np.ndarray, padding_side: str = "right",
+             groups: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``values[starts[i] : starts[i] + lengths[i]]`` in a new ``(rows, width)`` array filled with ``pad``.
+
+    ``lengths`` are at most ``width`` and ``mask`` is their ``length_mask``. ``values`` is a flat
+    array, or a function ``take(positions, groups)`` for values that are not one array (bit-packed
+    Arrow booleans, buffers in several memory blocks; ``groups`` names the block of each row).
+    """
+    if not len(lengths) or not width:
+        return np.full((len(lengths), width), pad, dtype=dtype)
+    origin = starts if padding_side == "right" else starts - (width - lengths)
+    cells = origin[:, None] + np.arange(width)
+    if isinstance(values, np.ndarray):  # every cell gathered (pad cells clipped into range), then the pad written over
+        out = values.take(cells, mode="clip").astype(dtype, copy=False)
+        np.copyto(out, np.asarray(pad, dtype=dtype), where=~mask)
+        return out
+    out = np.full((len(lengths), width), pad, dtype=dtype)
+    out[mask] = values(cells[mask], None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+    return out
+
+
+@dataclass
+class Rows:
+    """One column of a batch before padding: a flat source and each row's place in it, or one number per row.
+
+    ``values`` is a flat array or a ``take(positions, groups)`` function; ``starts`` is None for a
+    column of numbers (``values`` is then the batch). ``dtype`` is the dtype of the values.
+    """
+
+    values: Any
+    dtype: np.dtype
+    starts: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
 
 def _pad_fits(pad: int | float, dtype: np.dtype) -> bool:
@@ -45,373 +117,129 @@ def _pad_fits(pad: int | float, dtype: np.dtype) -> bool:
         return True
     if isinstance(pad, float) and not pad.is_integer():
         return False
-    low, high = integer_range(canonical_dtype(dtype))
+    low, high = integer_range("bool" if dtype.kind == "b" else dtype.name)
     return low <= pad <= high
 
 
-def _derived(entry: ColumnDtype, lengths: np.ndarray, width: int, padding_side: str) -> np.ndarray:
-    """A derived column as bool: True where an all-ones row has a value; all False for zeros and for padding."""
-    if entry.derived == "ones":
-        return length_mask(lengths, width, padding_side)
-    return np.zeros((len(lengths), width), dtype=bool)
+def _served(values: np.ndarray, entry: ColumnDtype, widen: str, column: str) -> torch.Tensor:
+    """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed)."""
+    if widen == "cpu":
+        return to_compute(values, entry, "torch", owned=True, column=column)
+    if entry.storage == "bfloat16" and values.dtype == np.uint16:
+        return torch.from_numpy(values).view(torch.bfloat16)
+    return to_dtype(values, entry.storage or "bool", "torch", owned=True, column=column)
 
 
-# --- batches from the Arrow buffers -------------------------------------------------------------
+def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadOptions) -> dict[str, torch.Tensor]:
+    """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and ``options``."""
+    shapes: list[tuple[np.ndarray, int, np.ndarray]] = []  # (lengths, width, mask) of the list columns so far
+    lengths_of: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
+    out: dict[str, Any] = {}
+    for name, rows in columns.items():
+        entry = plan.columns.get(name) or ColumnDtype(storage="bool" if rows.dtype.kind == "b" else rows.dtype.name)
+        if rows.starts is None:
+            out[name] = _served(rows.values, entry, options.widen, name)
+            continue
+        lengths = rows.lengths if options.max_length is None else np.minimum(rows.lengths, options.max_length)
+        shape = next((s for s in shapes if np.array_equal(s[0], lengths)), None)  # ids and labels share one mask
+        if shape is None:
+            width = options.width(lengths)
+            shape = (lengths, width, length_mask(lengths, width, options.padding_side))
+            shapes.append(shape)
+        lengths_of[name] = shape
+        pad = entry.pad_value
+        dtype = rows.dtype if _pad_fits(pad, rows.dtype) else np.dtype(np.float64 if isinstance(pad, float) else np.int64)
+        if entry.storage == "bfloat16" and rows.dtype == np.uint16:
+            pad = int(float32_to_bfloat16_bits(np.array([pad], dtype=np.float32))[0])
+        padded = pad_rows(rows.values, rows.starts, lengths, width=shape[1], pad=pad, dtype=dtype, mask=shape[2],
+                          padding_side=options.padding_side, groups=rows.groups)
+        out[name] = _served(padded, entry, options.widen, name)
+    for name in names:
+        entry = plan.columns.get(name)
+        if name in out or entry is None or entry.derived is None or entry.lengths_from not in lengths_of:
+            continue
+        _, width, mask = lengths_of[entry.lengths_from]
+        values = mask if entry.derived == "ones" else np.zeros(mask.shape, dtype=bool)
+        out[name] = torch.from_numpy(values.copy()) if options.widen == "device" else _served(values.copy(), entry, "cpu", name)
+    batch = {name: out[name] for name in names if name in out}
+    if "labels" not in batch:
+        alias = next((alias for alias in LABEL_ALIASES if alias in batch), None)
+        if alias is not None:
+            batch["labels"] = batch.pop(alias)
+    return batch
 
 
-def _fill_lengths_from(plan: DtypePlan, sequences: list[str], present: set[str]) -> dict[str, ColumnDtype]:
-    """The plan's entries, each derived column without ``lengths_from`` taking it from ``input_ids`` or the first list column."""
-    entries = dict(plan.columns)
-    source = "input_ids" if "input_ids" in sequences else (sequences[0] if sequences else None)
-    for name, entry in plan.derived.items():
-        if entry.lengths_from is None and name not in present and source is not None:
-            entries[name] = ColumnDtype(**{**entry.to_dict(), "lengths_from": source})
-    return entries
-
-
-def resolve_batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
-    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
-
-    By default every planned column that the dataset holds, and every derived column whose source
-    it holds, is batched; non-numeric columns outside the plan are left out.
-    """
-    schema = dataset.data.table.schema
-    present = set(schema.names)
-    kinds = {name: column_kind(schema.field(name).type) for name in schema.names}
-    entries = _fill_lengths_from(plan, [name for name in plan if kinds.get(name) == "list"], present)
-    derived = {name: entry for name, entry in entries.items() if entry.derived is not None and name not in present}
-    if columns is None:
-        chosen = [name for name in entries if name in present or (name in derived and derived[name].lengths_from in present)]
-    else:
-        chosen = [columns] if isinstance(columns, str) else list(columns)
-        unknown = [name for name in chosen if name not in present and name not in derived]
-        if unknown:
-            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
-                             f"or derived columns of the plan {sorted(derived)}.")
-    for name in chosen:
-        if name in derived:
-            source = derived[name].lengths_from
-            if kinds.get(source) != "list":
-                what = "which the dataset does not have" if source not in present else "which is not a list column"
-                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
-        elif kinds[name] in (None, "nested"):
-            what = "lists of lists" if kinds[name] == "nested" else f"{schema.field(name).type} values"
-            hint = "" if columns is not None else "; leave it out with columns=[...]"
-            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
-        elif name not in entries:
-            entries[name] = ColumnDtype(storage=arrow_leaf_dtype(schema.field(name).type))
-    return DtypePlan(entries), chosen
-
-
-@dataclass
-class _Job:
-    """How one output column of a batch is made; built once per process.
-
-    ``kind`` is ``"list"`` (padded from its own offsets), ``"twin"`` (padded like the list column
-    ``shape``, whose rows have the same lengths: its starts plus ``shift[chunk]``), ``"derived"``
-    (rebuilt from the row lengths of ``shape``) or ``"scalar"``.
-    """
-
-    name: str
-    entry: ColumnDtype
-    kind: str
-    column: ArrowColumn | None = None
-    shape: str | None = None
-    shift: np.ndarray | None = None
-    pad: Any = 0
-    dtype: np.dtype | None = None
-    windows: RowWindows | None = None  # over the one flat numpy view of the values, when there is one
-    bfloat16: bool = False
-
-
-class _Shape:
-    """The padded shape of one batch of a list column: row starts and lengths, width, and the cells that hold values."""
-
-    __slots__ = ("groups", "lengths", "mask", "pad_cells", "starts", "width")
-
-    def __init__(self, column: ArrowColumn, rows: np.ndarray, chunk: np.ndarray | None, options: PadOptions,
-                 multiple: int | None) -> None:
-        starts, lengths, self.groups = column.spans(rows, chunk)
-        self.starts = starts
-        self.lengths = truncate(lengths, options.max_length)
-        self.width = padded_width(self.lengths, multiple)
-        self.mask = length_mask(self.lengths, self.width, options.padding_side)
-        self.pad_cells = None
-
-    def padding(self) -> np.ndarray:
-        if self.pad_cells is None:
-            self.pad_cells = ~self.mask
-        return self.pad_cells
-
-
-@dataclass
-class _State:
-    """What a fetcher builds lazily in each process: per-column jobs and numpy views of the Arrow buffers."""
-
-    jobs: list[_Job]
-    views: dict[str, ArrowColumn]
-    mapping: ArrowColumn | None  # the dataset's indices mapping (shuffle / select / filter), if any
-    size: int  # the dataset's number of rows
-
-
-def _list_job(name: str, entry: ColumnDtype, column: ArrowColumn, leaders: list[ArrowColumn]) -> _Job:
-    pad, dtype = _pad_value(entry, column.dtype)
-    values = column.values
-    windows = RowWindows(values.views[0]) if len(values.views) == 1 and not values.bits else None
-    job = _Job(name, entry, "list", column, shape=name, pad=pad, dtype=dtype, windows=windows,
-               bfloat16=entry.storage == "bfloat16" and dtype == np.uint16)
-    if column.is_list and windows is not None:
-        for leader in leaders:
-            shift = column.twin_shift(leader)
-            if shift is not None:
-                job.kind, job.shape, job.shift = "twin", leader.name, shift
-                return job
-        leaders.append(column)
-    if not column.is_list:
-        job.kind = "scalar"
-    return job
-
-
-class BatchFetcher:
-    """The map-style dataset of a loader: ``__getitems__(indices)`` returns the whole padded batch.
-
-    It holds the ``datasets.Dataset`` (which pickles by file path when memory-mapped) and builds its
-    numpy views of the Arrow buffers lazily in each process, so it goes to spawn workers as is.
-    """
-
-    def __init__(self, dataset: Dataset, plan: DtypePlan, columns: list[str], options: PadOptions) -> None:
-        self.dataset = dataset
-        self.plan = plan
-        self.columns = columns
-        self.options = options
-        self._state: _State | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_state": None}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _build(self) -> _State:
-        table = self.dataset.data.table
-        stored = [name for name in self.columns if name in table.column_names]
-        needed = stored + [self.plan[name].lengths_from for name in self.columns if name not in table.column_names]
-        views: dict[str, ArrowColumn] = {}
-        layout = None
-        for name in dict.fromkeys(needed):
-            views[name] = ArrowColumn(name, table.column(name), layout)
-            layout = views[name].layout
-        jobs, leaders = [], []
-        for name in self.columns:
-            entry = self.plan[name]
-            if name in views:
-                jobs.append(_list_job(name, entry, views[name], leaders))
-            else:
-                jobs.append(_Job(name, entry, "derived", shape=entry.lengths_from))
-        indices = self.dataset._indices
-        mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
-        return _State(jobs, views, mapping, len(self.dataset))
-
-    @staticmethod
-    def _positions(indices: Sequence[int], mapping: ArrowColumn | None, size: int) -> np.ndarray:
-        if len(indices) and (min(indices) < 0 or max(indices) >= size):
-            bad = next(int(i) for i in indices if not 0 <= i < size)
-            raise IndexError(f"Row {bad} is out of range for a dataset of {size} rows.")
-        rows = np.asarray(indices, dtype=np.int64)
-        return rows if mapping is None else mapping.rows(rows).astype(np.int64)
-
-    def batch(self, indices: Sequence[int], *, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
-        """The padded batch of dataset rows ``indices``; ``pad_to_multiple_of`` overrides the options'."""
-        if self._state is None:
-            self._state = self._build()
-        state, options = self._state, self.options
-        multiple = options.pad_to_multiple_of if pad_to_multiple_of is None else pad_to_multiple_of
-        rows = self._positions(indices, state.mapping, state.size)
-        chunks: dict[int, np.ndarray | None] = {}
-        shapes: dict[str, _Shape] = {}
-        out = {}
-        for job in state.jobs:
-            column = state.views[job.shape] if job.kind != "scalar" else job.column
-            key = id(column.layout)
-            if key not in chunks:
-                chunks[key] = column.layout.locate(rows)
-            chunk = chunks[key]
-            if job.kind == "scalar":
-                values = column.scalars(rows, chunk)
-            else:
-                shape = shapes.get(job.shape)
-                if shape is None:
-                    shape = shapes[job.shape] = _Shape(column, rows, chunk, options, multiple)
-                if job.kind == "derived":
-                    values = shape.mask if job.entry.derived == "ones" else np.zeros(shape.mask.shape, dtype=bool)
-                else:
-                    starts = shape.starts
-                    if job.kind == "twin":
-                        starts = starts + (job.shift[0] if chunk is None else job.shift[chunk])
-                    values = pad_rows(job.windows or job.column.values.take, starts, shape.lengths,
-                                      width=shape.width, pad=job.pad, dtype=job.dtype, padding_side=options.padding_side,
-                                      mask=shape.mask, pad_cells=shape.padding(), groups=shape.groups)
-            out[job.name] = _tensor(values, job, options.widen)
-        return out
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        return self.batch(indices)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Row ``index``, unpadded: a batch of one, without its batch dimension."""
-        return {name: value[0] for name, value in self.batch([index], pad_to_multiple_of=1).items()}
-
-
-def _tensor(values: np.ndarray, job: _Job, widen: str) -> torch.Tensor:
-    """``values`` as a tensor: in storage dtype (bfloat16 bits viewed as bfloat16), or widened to compute dtype."""
-    if widen == "cpu" and job.entry.served_dtype != "bfloat16":
-        values = numpy_to_compute(values, job.entry)  # numpy casts small arrays faster than torch
-        return torch.from_numpy(values)
-    tensor = torch.from_numpy(values)
-    if job.bfloat16:
-        tensor = tensor.view(torch.bfloat16)
-    return torch_to_compute(tensor, job.entry) if widen == "cpu" else tensor
-
-
-def _pad_value(entry: ColumnDtype, dtype: np.dtype) -> tuple[Any, np.dtype]:
-    """The column's pad value as a scalar of the dtype its batch is built in: the stored one if it holds the pad."""
-    pad = entry.pad_value
-    if entry.storage == "bfloat16" and dtype == np.uint16:
-        return float32_to_bfloat16_bits(np.array([pad], dtype=np.float32))[0], dtype
-    if not _pad_fits(pad, dtype):
-        served = entry.served_dtype
-        dtype = np.dtype("float32" if served == "bfloat16" else served)
-    return np.asarray(pad).astype(dtype)[()], dtype
-
-
-# --- batches from rows --------------------------------------------------------------------------
+# --- batches from rows (PaddingCollator) --------------------------------------------------------
 
 
 def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; numpy has no bfloat16, float32 holds it exactly
+    if isinstance(value, torch.Tensor):  # numpy has no bfloat16; float32 holds it exactly
         value = value.detach().cpu()
         return (value.float() if value.dtype == to_torch("bfloat16") else value).numpy()
     return np.asarray(value)
 
 
-def _nested_error(name: str, depths: set[int]) -> ValueError:
-    return ValueError(f"Column {name!r}: rows must all be numbers or all be flat lists of numbers; "
-                      f"found {sorted(depths)}-dimensional rows (lists of lists cannot be padded).")
-
-
-def _flatten_rows(name: str, values: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows' values end to end, and each row's length (None when every row is one number)."""
+def _rows_of(name: str, values: list[Any]) -> Rows:
+    """A column of given rows as ``Rows``: the values end to end and each row's length (numbers: one per row)."""
+    nested = ValueError(f"Column {name!r}: rows must all be numbers or all be flat lists of numbers (lists of lists cannot be padded).")
     if all(type(value) is list for value in values):  # the common case, without one numpy array per row
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         try:
             flat = np.array(list(itertools.chain.from_iterable(values)))
         except ValueError:
-            raise _nested_error(name, {2}) from None
+            raise nested from None
         if flat.ndim != 1:
-            raise _nested_error(name, {flat.ndim + 1})
-        return (flat if flat.size else flat.astype(np.int64)), lengths
-    arrays = [_as_numpy(value) for value in values]
-    depths = {array.ndim for array in arrays}
-    if len(depths) > 1 or max(depths) > 1:
-        raise _nested_error(name, depths)
-    if depths == {0}:
-        return np.stack(arrays), None
-    lengths = np.fromiter((len(array) for array in arrays), dtype=np.int64, count=len(arrays))
-    filled = [array for array in arrays if array.size]
-    return (np.concatenate(filled) if filled else np.zeros(0, dtype=np.int64)), lengths
-
-
-def _working_dtype(dtype: np.dtype) -> np.dtype:
-    """Values are padded in a dtype that holds any pad (-100 included), and cast once at the end."""
-    return np.dtype(np.int64) if dtype.kind in "iu" else dtype
-
-
-def _cast(tensor, target: str, column: str):
-    """``tensor`` in dtype ``target``, or a LossyCastError when an integer value does not fit it."""
-    if is_integer(target) and tensor.numel() and not tensor.dtype.is_floating_point and tensor.dtype != to_torch("bool"):
-        low, high = integer_range(target)
-        smallest, largest = int(tensor.min()), int(tensor.max())
-        if smallest < low or largest > high:
-            bad = smallest if smallest < low else largest
-            raise LossyCastError(f"Column {column!r}: value {bad} does not fit {target}, which holds [{low}, {high}].")
-    return tensor.to(to_torch(target))
-
-
-def _implicit_entry(dtype: np.dtype) -> ColumnDtype:
-    """How an unplanned column is served: as ``torch.tensor`` would make it (int64, float32, bool)."""
-    return ColumnDtype(storage="bool" if dtype.kind == "b" else "int64" if dtype.kind in "iu" else "float32")
-
-
-def _target(entry: ColumnDtype, widen: str) -> str:
-    if widen == "cpu":
-        return entry.served_dtype
-    return entry.storage if entry.storage is not None else "bool"
-
-
-def _pad_column(name: str, values: list[Any], entry: ColumnDtype | None, options: PadOptions):
-    flat, lengths = _flatten_rows(name, values)
+            raise nested
+        flat = flat if flat.size else flat.astype(np.int64)
+    else:
+        arrays = [_as_numpy(value) for value in values]
+        depths = {array.ndim for array in arrays}
+        if len(depths) > 1 or max(depths) > 1:
+            raise nested
+        if depths == {0}:
+            flat, lengths = np.stack(arrays), None
+        else:
+            lengths = np.fromiter((len(array) for array in arrays), dtype=np.int64, count=len(arrays))
+            filled = [array for array in arrays if array.size]
+            flat = np.concatenate(filled) if filled else np.zeros(0, dtype=np.int64)
     if flat.dtype.kind not in "biuf":
         raise ValueError(f"Column {name!r} holds {flat.dtype} values; only numbers and lists of numbers can be padded.")
-    entry = entry or _implicit_entry(flat.dtype)
-    dtype = _working_dtype(flat.dtype)
     if lengths is None:
-        padded = flat.astype(dtype, copy=False)
-    else:
-        starts = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        lengths = truncate(lengths, options.max_length)
-        width = padded_width(lengths, options.pad_to_multiple_of)
-        padded = pad_rows(flat, starts, lengths, width=width, pad=entry.pad_value, dtype=dtype, padding_side=options.padding_side)
-    return _cast(torch.from_numpy(padded), _target(entry, options.widen), name), lengths
+        return Rows(flat, flat.dtype)
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return Rows(flat, flat.dtype, starts, lengths)
 
 
-def pad_batch(
-    rows: Sequence[Mapping[str, Any]],
-    plan: DtypePlan | Mapping,
-    *,
-    pad_to_multiple_of: int | None = None,
-    max_length: int | None = None,
-    padding_side: str = "right",
-    widen: str = "cpu",
-) -> dict[str, Any]:
+def pad_batch(rows: Sequence[Mapping[str, Any]], plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None,
+              max_length: int | None = None, padding_side: str = "right", widen: str = "cpu") -> dict[str, Any]:
     """Pad ``rows`` (dicts of lists, numpy arrays or tensors) into one batch of tensors, per the plan.
 
     List values are padded to the longest row (rounded up to ``pad_to_multiple_of``) with their
     column's pad value; numbers become a 1-D tensor; derived columns missing from the rows are
-    rebuilt from their source's row lengths; non-numeric values stay a list. ``widen="cpu"`` gives
-    the compute dtypes, ``"device"`` the storage dtypes. Keys are kept as they are (``label`` is not
-    renamed to ``labels``).
+    rebuilt from their source's row lengths; text stays a list. ``widen="cpu"`` gives the compute
+    dtypes, ``"device"`` the storage dtypes (range-checked). ``label`` / ``label_ids`` become ``labels``.
     """
     plan = as_plan(plan)
     options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
     if not rows:
         return {}
     names = list(rows[0])
-    missing = [(i, name) for i, row in enumerate(rows) for name in names if name not in row]
-    if missing:
-        raise ValueError(f"Row {missing[0][0]} has no {missing[0][1]!r}; every row needs the keys of the first row {names}.")
-    out, lengths_of = {}, {}
+    missing = next(((i, name) for i, row in enumerate(rows) for name in names if name not in row), None)
+    if missing is not None:
+        raise ValueError(f"Row {missing[0]} has no {missing[1]!r}; every row needs the keys of the first row {names}.")
+    columns, text = {}, {}
     for name in names:
         values = [row[name] for row in rows]
-        if isinstance(values[0], (str, bytes)) or (isinstance(values[0], (list, tuple)) and values[0] and isinstance(values[0][0], str)):
-            out[name] = values
-            continue
-        out[name], lengths = _pad_column(name, values, plan.columns.get(name), options)
-        if lengths is not None:
-            lengths_of[name] = (lengths, out[name].shape[1])
-    _add_derived(out, plan, lengths_of, options)
-    return out
-
-
-def _add_derived(out: dict[str, Any], plan: DtypePlan, lengths_of: dict, options: PadOptions) -> None:
-    sources = [name for name in lengths_of]
-    for name, entry in plan.derived.items():
-        source = entry.lengths_from or ("input_ids" if "input_ids" in sources else sources[0] if sources else None)
-        if name in out or source not in lengths_of:
-            continue
-        lengths, width = lengths_of[source]
-        mask = _derived(entry, lengths, width, options.padding_side)
-        out[name] = _cast(torch.from_numpy(mask), _target(entry, options.widen), name)
+        first = values[0]
+        if isinstance(first, (str, bytes)) or (isinstance(first, (list, tuple)) and first and isinstance(first[0], str)):
+            text[name] = values
+        else:
+            columns[name] = _rows_of(name, values)
+    sequences = [name for name, column in columns.items() if column.starts is not None]
+    plan = plan.resolve(sequences)
+    batch = assemble(columns, plan, [*names, *(name for name in plan.derived if name not in names)], options)
+    return {**batch, **text}
 
 
 class PaddingCollator:
@@ -426,6 +254,8 @@ class PaddingCollator:
 
     def __init__(self, plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None, max_length: int | None = None,
                  padding_side: str = "right", widen: str = "cpu") -> None:
+        if plan is None:
+            raise ValueError("PaddingCollator needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
         self.plan = as_plan(plan)
         self.options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .casting import LossyCastError
-from .inference import ColumnStats, column_stats, infer_plan
+from .dtypes import LossyCastError
+from .infer import ColumnStats, infer_plan, table_stats
 from .plan import ColumnDtype, DtypePlan
 from .storage import compact
 
@@ -81,7 +81,7 @@ def inspect_report(dataset: Dataset | DatasetDict) -> dict:
     plan = infer_plan(dataset)
     columns: dict[str, dict] = {}
     for part in splits.values():
-        stats = column_stats(part)
+        stats = table_stats(part.data.table, part.features)
         for name in part.column_names:
             row = columns.setdefault(name, {"column": name, "dtype": str(part.features[name]), "bytes": 0, "proposed_bytes": 0,
                                             "min": None, "max": None})

@@ -1,4 +1,4 @@
-"""Dtype names and their numpy / Arrow / torch forms, integer ranges, and the bfloat16 bit codec.
+"""Dtype names, ranges and forms (numpy / Arrow / torch), the bfloat16 codec, and the one "does it fit" check.
 
 One canonical name per dtype (``"uint16"``, ``"bfloat16"``, ...). Arrow has no bfloat16, so a
 bfloat16 column is stored as the uint16 bit pattern of each value and recognised by its plan entry.
@@ -7,6 +7,7 @@ bfloat16 column is stored as the uint16 bit pattern of each value and recognised
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,17 +15,19 @@ import pyarrow as pa
 
 __all__ = [
     "DTYPE_NAMES",
-    "canonical_dtype",
-    "is_integer",
-    "is_float",
-    "integer_range",
-    "smallest_integer_dtype",
-    "to_numpy",
-    "to_arrow",
-    "to_torch",
-    "arrow_leaf_dtype",
-    "float32_to_bfloat16_bits",
+    "LossyCastError",
     "bfloat16_bits_to_float32",
+    "canonical_dtype",
+    "check_integers",
+    "float32_to_bfloat16_bits",
+    "integer_range",
+    "is_float",
+    "is_integer",
+    "narrow_float",
+    "smallest_integer_dtype",
+    "to_arrow",
+    "to_numpy",
+    "to_torch",
 ]
 
 INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
@@ -32,27 +35,18 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DTYPE_NAMES = ("bool", *INTEGER_DTYPES, *FLOAT_DTYPES)
 
 _ALIASES = {
-    "boolean": "bool",
-    "byte": "int8",
-    "short": "int16",
-    "int": "int32",
-    "long": "int64",
-    "half": "float16",
-    "fp16": "float16",
-    "f16": "float16",
-    "bf16": "bfloat16",
-    "float": "float32",
-    "fp32": "float32",
-    "f32": "float32",
-    "double": "float64",
-    "fp64": "float64",
-    "f64": "float64",
-    "halffloat": "float16",
+    "boolean": "bool", "byte": "int8", "short": "int16", "int": "int32", "long": "int64",
+    "half": "float16", "fp16": "float16", "f16": "float16", "halffloat": "float16", "bf16": "bfloat16",
+    "float": "float32", "fp32": "float32", "f32": "float32", "double": "float64", "fp64": "float64", "f64": "float64",
 }
 
 
+class LossyCastError(ValueError):
+    """A value does not survive the cast to a column's planned dtype; the message names column, row and value."""
+
+
 def canonical_dtype(dtype: Any) -> str:
-    """Return the canonical name of ``dtype``: a string, numpy dtype or type, torch dtype or Arrow type."""
+    """The canonical name of ``dtype``: a string, numpy dtype or type, torch dtype or Arrow type."""
     if isinstance(dtype, str):
         name = dtype.strip().lower().removeprefix("torch.").removeprefix("np.").removeprefix("numpy.")
     elif isinstance(dtype, pa.DataType):
@@ -70,11 +64,11 @@ def canonical_dtype(dtype: Any) -> str:
     return name
 
 
-def is_integer(name: str) -> bool:
+def is_integer(name: str | None) -> bool:
     return name in INTEGER_DTYPES
 
 
-def is_float(name: str) -> bool:
+def is_float(name: str | None) -> bool:
     return name in FLOAT_DTYPES
 
 
@@ -104,11 +98,9 @@ def to_numpy(name: str) -> np.dtype:
 
 def to_arrow(name: str) -> pa.DataType:
     """The Arrow type that stores ``name``; bfloat16 is stored as its uint16 bit pattern."""
-    if name == "bfloat16":
-        return pa.uint16()
     if name == "float16":
         return pa.float16()
-    return pa.from_numpy_dtype(np.dtype(name))
+    return pa.from_numpy_dtype(to_numpy(name))
 
 
 def to_torch(name: str):
@@ -116,15 +108,6 @@ def to_torch(name: str):
     import torch
 
     return getattr(torch, name)
-
-
-def arrow_leaf_dtype(arrow_type: pa.DataType) -> str | None:
-    """The canonical name of the numeric leaf of ``arrow_type`` (lists unwrapped), or None if not numeric."""
-    while pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
-        arrow_type = arrow_type.value_type
-    if pa.types.is_boolean(arrow_type) or pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        return canonical_dtype(arrow_type)
-    return None
 
 
 def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
@@ -141,3 +124,54 @@ def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
 def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """The float32 values of bfloat16 bit patterns (exact: every bfloat16 is a float32)."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def narrow_float(values: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` rounded to float dtype ``target`` as stored (bfloat16: bits), and those values back as float64.
+
+    Values beyond ``target``'s range come back as ``inf``, including those that round up to it near
+    the top of the range: the caller compares, so overflow is found by the same rounding that stores.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if target == "bfloat16":
+            stored = float32_to_bfloat16_bits(np.asarray(values).astype(np.float32))
+            return stored, bfloat16_bits_to_float32(stored).astype(np.float64)
+        stored = np.asarray(values).astype(target)
+        return stored, stored.astype(np.float64)
+
+
+def _extremes(values: Any) -> tuple[int, int]:
+    """The smallest and largest value of a non-empty integer or bool array or tensor, as Python ints."""
+    if not isinstance(values, np.ndarray):  # a torch tensor
+        if values.dtype.is_floating_point or str(values.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
+            values = values.cpu().numpy()  # torch has no min/max for its unsigned dtypes
+        else:
+            return int(values.min()), int(values.max())
+    return int(values.min()), int(values.max())
+
+
+def check_integers(values: Any, target: str, *, column: str, row_of: Callable[[int], int] | None = None,
+                   pad: int | None = None) -> None:
+    """Raise :class:`LossyCastError` when an integer of ``values`` (numpy or torch) lies outside ``target``'s range.
+
+    The message names the column, the row (``row_of`` maps a flat position to it), the value, the
+    range, and the narrowest dtype that holds every value (and ``pad``) where there is one.
+    """
+    size = values.numel() if hasattr(values, "numel") else values.size
+    if not size:
+        return
+    low, high = integer_range(target)
+    smallest, largest = _extremes(values)
+    if low <= smallest and largest <= high:
+        return
+    flat = values.reshape(-1) if isinstance(values, np.ndarray) else values.cpu().numpy().reshape(-1)
+    where = int(np.argmax((flat < low) | (flat > high)))  # the first value out of range, in row order
+    bad = int(flat[where])
+    row = f", row {row_of(where)}" if row_of is not None else ""
+    extremes = [smallest, largest] + ([int(pad)] if pad is not None else [])
+    try:
+        hint = f"{smallest_integer_dtype(min(extremes), max(extremes))} holds every value of this batch"
+    except OverflowError:
+        hint = "no integer dtype holds it"
+    signed = " (-100 and other negative values need a signed dtype)" if bad < 0 <= low else ""
+    raise LossyCastError(f"Column {column!r}{row}: value {bad} does not fit {target}, which holds [{low}, {high}]{signed}; {hint}.")

@@ -2,15 +2,16 @@
 
 ``ds.with_format("hf_dtype", plan=plan, backend="torch")`` reads each planned column straight from
 its Arrow buffers and hands it out in the plan's compute dtype (``datasets``' own ``dtype=`` is one
-dtype for all columns); bfloat16 is a zero-copy view of the stored bits and derived columns are
-rebuilt from row lengths. Columns outside the plan are served as ``datasets`` serves them.
+dtype for all columns); derived columns are rebuilt from row lengths, and columns outside the plan
+are served as ``datasets`` serves them. ``DtypeTransform`` does the same for ``set_transform``,
+which hands it Python lists, and is the explicit-plan route for streams. Every value served is
+memory the caller owns (``convert.to_compute``).
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,77 +19,85 @@ import pyarrow as pa
 from datasets.formatting import NumpyFormatter, _register_formatter
 from datasets.formatting.formatting import TensorFormatter
 
-from .casting import flatten_leaf
+from .arrow import flatten_leaf, leaf_row, list_depth
+from .convert import check_backend, numpy_dtype, to_compute
 from .dtypes import is_float, to_torch
-from .nesting import nest
-from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan
+from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan, as_plan
 from .recording import plan_of_features
-from .widening import numpy_compute_dtype, numpy_to_compute, to_tensor
 
-__all__ = ["HfDtypeFormatter", "DtypeTransform", "BACKENDS"]
+__all__ = ["DtypeTransform", "HfDtypeFormatter", "NO_PLAN"]
 
-BACKENDS = ("torch", "numpy")
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}.")
-    return backend
+NO_PLAN = ("The dataset carries no dtype plan: compact it first (hd.compact), pass plan= to Dataset.with_format, or use "
+           "with_transform(hd.DtypeTransform(plan)), which takes a plan on any dataset, streams included.")
 
 
-def _as_plan(plan: DtypePlan | Mapping | None) -> DtypePlan | None:
-    return plan if plan is None or isinstance(plan, DtypePlan) else DtypePlan.from_dict(plan)
+def _nest(values: Any, levels: Sequence[np.ndarray]) -> Any:
+    """Rows of ``values`` along ``levels`` (offsets from 0, outermost first): stacked if uniform, else a list."""
+    if not levels:
+        return values
+    shape = [len(levels[0]) - 1]
+    for offsets in levels:
+        lengths = np.diff(offsets)
+        if len(lengths) == 0 or not (lengths == lengths[0]).all():
+            break
+        shape.append(int(lengths[0]))
+    else:
+        return values.reshape(shape)
+    outer, inner = levels[0].tolist(), levels[1:]
+    if not inner:
+        return [values[start:stop] for start, stop in itertools.pairwise(outer)]
+    rows = []
+    for start, stop in itertools.pairwise(outer):
+        row_levels = [inner[0][start:stop + 1]]
+        for deeper in inner[1:]:
+            row_levels.append(deeper[row_levels[-1][0]:row_levels[-1][-1] + 1])
+        rows.append(_nest(values[row_levels[-1][0]:row_levels[-1][-1]], [level - level[0] for level in row_levels]))
+    return rows
 
 
 class _Server:
-    """Turns flat storage values into compute-dtype arrays or tensors, and rebuilds derived columns."""
+    """Serves flat storage values in compute dtypes, nested as the rows were, and rebuilds derived columns."""
 
     def __init__(self, plan: DtypePlan, backend: str) -> None:
         self.plan = plan
-        self.backend = _check_backend(backend)
+        self.backend = check_backend(backend)
 
-    def convert(self, values: np.ndarray, entry: ColumnDtype) -> Any:
-        if self.backend == "numpy":
-            return numpy_to_compute(values, entry)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only Arrow memory, served without a copy
-            return to_tensor(values, entry)
+    def column(self, name: str, values: np.ndarray, levels: list[np.ndarray], *, owned: bool) -> Any:
+        def row_of(leaf_index: int) -> int:
+            return leaf_row(leaf_index, levels)
 
-    def derived(self, entry: ColumnDtype, lengths: np.ndarray) -> Any:
-        """A constant column rebuilt, in its compute dtype, for rows of the given lengths."""
-        total, value = int(lengths.sum()), DERIVED_KINDS[entry.derived]
-        if self.backend == "torch":
-            import torch
-
-            flat = torch.full((total,), value, dtype=to_torch(entry.served_dtype))
-        else:
-            flat = np.full(total, value, dtype=numpy_compute_dtype(entry.served_dtype))
-        return nest(flat, [np.concatenate([[0], np.cumsum(lengths)])])
+        return _nest(to_compute(values, self.plan[name], self.backend, owned=owned, column=name, row_of=row_of), levels)
 
     def add_derived(self, out: dict[str, Any], lengths_of: Callable[[str], np.ndarray | None]) -> None:
-        lengths: dict[str, np.ndarray | None] = {}
+        """Rebuild each derived column whose source column is at hand, unless ``out`` has it already."""
         for name, entry in self.plan.derived.items():
-            if name in out:
+            lengths = None if name in out else lengths_of(entry.lengths_from)
+            if lengths is None:
                 continue
-            if entry.lengths_from not in lengths:
-                lengths[entry.lengths_from] = lengths_of(entry.lengths_from)
-            if lengths[entry.lengths_from] is not None:
-                out[name] = self.derived(entry, lengths[entry.lengths_from])
+            flat = np.full(int(lengths.sum()), DERIVED_KINDS[entry.derived], dtype=numpy_dtype(entry.served_dtype))
+            if self.backend == "torch":
+                import torch
+
+                flat = torch.from_numpy(flat).to(to_torch(entry.served_dtype))
+            out[name] = _nest(flat, [np.concatenate([[0], np.cumsum(lengths)])])
 
 
 class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
     """The ``"hf_dtype"`` format: ``ds.with_format("hf_dtype", plan=None, backend="torch")``.
 
-    ``plan`` defaults to the one ``compact`` recorded in the dataset; ``backend`` is ``"torch"``
-    or ``"numpy"`` (numpy has no bfloat16, so bfloat16 columns come out as exact float32).
+    ``plan`` defaults to the one ``compact`` recorded in the dataset; ``backend`` is ``"torch"`` or
+    ``"numpy"`` (numpy has no bfloat16, so bfloat16 columns come out as exact float32).
     """
 
     def __init__(self, features=None, token_per_repo_id=None, plan: DtypePlan | Mapping | None = None,
                  backend: str = "torch", **kwargs) -> None:
         super().__init__(features=features, token_per_repo_id=token_per_repo_id)
-        plan = _as_plan(plan) or plan_of_features(features)
+        plan = as_plan(plan) or plan_of_features(features)
         if plan is None:
-            raise ValueError("The dataset carries no dtype plan: pass plan= to with_format, or compact the dataset first.")
+            raise ValueError(NO_PLAN)
+        if plan.derived:
+            schema = features.arrow_schema if features else pa.schema([])
+            plan = plan.resolve([field.name for field in schema if list_depth(field.type) == 1])
         self.server = _Server(plan, backend)
         if backend == "torch":
             from datasets.formatting.torch_formatter import TorchFormatter
@@ -97,24 +106,20 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
         else:
             self.fallback = NumpyFormatter(features=features, token_per_repo_id=token_per_repo_id, **kwargs)
 
-    def _planned(self, column: pa.ChunkedArray, entry: ColumnDtype) -> Any:
-        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        leaf, levels = flatten_leaf(array)
-        return nest(self.server.convert(leaf.to_numpy(zero_copy_only=False), entry), levels)
-
     def format_batch(self, pa_table: pa.Table) -> Mapping:
-        plan = self.server.plan.stored
-        rest = [name for name in pa_table.column_names if name not in plan]
+        stored = self.server.plan.stored
+        rest = [name for name in pa_table.column_names if name not in stored]
         served = self.fallback.format_batch(pa_table.select(rest)) if rest else {}
         out = {}
         for name in pa_table.column_names:
-            out[name] = self._planned(pa_table.column(name), plan[name]) if name in plan else served[name]
+            if name in stored:
+                leaf, levels = flatten_leaf(pa_table.column(name))
+                out[name] = self.server.column(name, leaf.to_numpy(zero_copy_only=False), levels, owned=False)
+            else:
+                out[name] = served[name]
 
         def lengths_of(source: str) -> np.ndarray | None:
-            if source not in pa_table.column_names:
-                return None
-            offsets = flatten_leaf(pa_table.column(source).combine_chunks())[1][0]
-            return offsets[1:] - offsets[:-1]
+            return np.diff(flatten_leaf(pa_table.column(source))[1][0]) if source in pa_table.column_names else None
 
         self.server.add_derived(out, lengths_of)
         return out
@@ -129,8 +134,19 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
 _register_formatter(HfDtypeFormatter, "hf_dtype", aliases=["hf-dtype"])
 
 
+def _flatten_python(rows: list) -> tuple[list, list[np.ndarray]]:
+    levels = []
+    while rows and isinstance(rows[0], (list, tuple, np.ndarray)):
+        levels.append(np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64))
+        rows = list(itertools.chain.from_iterable(rows))
+    return rows, levels
+
+
 class DtypeTransform:
     """A ``set_transform`` / ``with_transform`` callable that serves planned columns in compute dtypes.
+
+    It works on any dataset, streams included (``IterableDataset.with_transform`` takes no format
+    arguments, so this is how a stream gets an explicit plan).
 
     Args:
         plan: the plan; its derived columns are rebuilt from the lengths of their source column.
@@ -138,37 +154,33 @@ class DtypeTransform:
         before: the user's own transform, run first on the Python batch (e.g. on-the-fly tokenization).
     """
 
-    def __init__(self, plan: DtypePlan | Mapping, backend: str = "torch",
-                 before: Callable[[dict], dict] | None = None) -> None:
-        self.server = _Server(_as_plan(plan), backend)
+    def __init__(self, plan: DtypePlan | Mapping, backend: str = "torch", before: Callable[[dict], dict] | None = None) -> None:
+        plan = as_plan(plan)
+        if plan is None:
+            raise ValueError("DtypeTransform needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
+        self.plan = plan
+        self.backend = check_backend(backend)
         self.before = before
 
     @staticmethod
-    def _flatten(rows: list) -> tuple[list, list[np.ndarray]]:
-        levels = []
-        while rows and isinstance(rows[0], (list, tuple, np.ndarray)):
-            levels.append(np.concatenate([[0], np.cumsum([len(row) for row in rows])]))
-            rows = list(itertools.chain.from_iterable(rows))
-        return rows, levels
-
-    def _column(self, rows: list, entry: ColumnDtype) -> Any:
-        flat, levels = self._flatten(rows)
+    def _values(flat: list, entry: ColumnDtype) -> np.ndarray:
         if entry.storage == "bfloat16" and flat and not isinstance(flat[0], float):
-            values = np.asarray(flat, dtype=np.uint16)
-        else:
-            values = np.asarray(flat, dtype=np.float64 if is_float(entry.storage) or is_float(entry.served_dtype) else np.int64)
-        return nest(self.server.convert(values, entry), levels)
+            return np.asarray(flat, dtype=np.uint16)  # bfloat16 bits, as a compact dataset stores them
+        return np.asarray(flat, dtype=np.float64 if is_float(entry.storage) or is_float(entry.served_dtype) else np.int64)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         if self.before is not None:
             batch = self.before(batch)
         out = dict(batch)
-        for name, entry in self.server.plan.stored.items():
+        sequences = [name for name, rows in batch.items() if len(rows) and isinstance(rows[0], (list, tuple, np.ndarray))]
+        server = _Server(self.plan.resolve(sequences) if self.plan.derived else self.plan, self.backend)
+        for name, entry in server.plan.stored.items():
             if name in batch:
-                out[name] = self._column(batch[name], entry)
+                flat, levels = _flatten_python(batch[name])
+                out[name] = server.column(name, self._values(flat, entry), levels, owned=True)
 
         def lengths_of(source: str) -> np.ndarray | None:
             return np.array([len(row) for row in batch[source]], dtype=np.int64) if source in batch else None
 
-        self.server.add_derived(out, lengths_of)
+        server.add_derived(out, lengths_of)
         return out

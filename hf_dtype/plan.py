@@ -1,19 +1,32 @@
-"""Column dtypes and plans: what each column is stored as, served as, and padded with."""
+"""Column dtypes and plans: what each column is stored as, served as, and padded with.
+
+A plan is checked when it is built, so a bad plan file fails at once with the key that is wrong and
+what was expected. ``resolve`` is the one place where a derived column learns which stored column
+gives it its row lengths.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
 
 from .dtypes import canonical_dtype, integer_range, is_float, is_integer
 
-__all__ = ["ColumnDtype", "DtypePlan", "DERIVED_KINDS"]
+__all__ = ["DERIVED_KINDS", "LABEL_ALIASES", "ColumnDtype", "DtypePlan", "as_plan"]
 
 DERIVED_KINDS = {"ones": 1, "zeros": 0}
-_ENTRY_KEYS = {"storage", "compute", "pad", "derived", "lengths_from"}
+LABEL_ALIASES = ("label", "label_ids")
+"""Columns that batches hand to the model as ``labels``, as ``DataCollatorWithPadding`` does."""
+
+_ENTRY_KEYS = ("storage", "compute", "pad", "derived", "lengths_from", "names")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -22,10 +35,11 @@ class ColumnDtype:
 
     Args:
         storage: what Arrow holds (``None`` for a derived column, which is not stored).
-        compute: what the model receives; ``None`` serves the storage dtype widened as ``datasets`` would.
+        compute: what the model receives; ``None`` serves what ``datasets`` would (int64, float32, bool).
         pad: the value that pads a sequence column in a batch (``0``, ``-100``, a pad token id).
         derived: ``"ones"`` or ``"zeros"`` for a constant sequence column rebuilt from row lengths.
         lengths_from: for a derived column, the stored sequence column whose row lengths it has.
+        names: the label names of a ``ClassLabel`` column, kept when it is stored in a narrow dtype.
     """
 
     storage: str | None = None
@@ -33,12 +47,14 @@ class ColumnDtype:
     pad: int | float | None = None
     derived: str | None = None
     lengths_from: str | None = None
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("storage", "compute"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, canonical_dtype(value))
+        for key in ("storage", "compute"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, canonical_dtype(getattr(self, key)))
+        if self.pad is not None and not _is_number(self.pad):
+            raise ValueError(f"pad must be a number (e.g. 0 or -100); got {self.pad!r} ({type(self.pad).__name__}).")
         if self.derived is not None:
             if self.derived not in DERIVED_KINDS:
                 raise ValueError(f"Unknown derived kind {self.derived!r}: expected one of {sorted(DERIVED_KINDS)}.")
@@ -46,9 +62,18 @@ class ColumnDtype:
                 raise ValueError(f"A derived ({self.derived!r}) column is not stored, so it takes no storage dtype; got {self.storage!r}.")
         elif self.storage is None:
             raise ValueError("A column dtype needs a storage dtype, or derived='ones' / 'zeros'.")
-        if self.lengths_from is not None and self.derived is None:
-            raise ValueError("lengths_from applies to derived columns only.")
-        if self.pad is not None and self.storage is not None:
+        if self.lengths_from is not None:
+            if self.derived is None:
+                raise ValueError("lengths_from applies to derived columns only.")
+            if not isinstance(self.lengths_from, str):
+                raise ValueError(f"lengths_from must be a column name; got {self.lengths_from!r}.")
+        if self.names is not None:
+            if isinstance(self.names, str) or not all(isinstance(name, str) for name in self.names):
+                raise ValueError(f"names must be a list of label names (strings); got {self.names!r}.")
+            object.__setattr__(self, "names", tuple(self.names))
+            if not is_integer(self.storage):
+                raise ValueError(f"Label names need an integer storage dtype; got {self.storage!r}.")
+        if self.pad is not None and self.storage is not None and not is_float(self.storage):
             _check_pad_fits(self.pad, self.storage)
 
     @property
@@ -58,27 +83,28 @@ class ColumnDtype:
             return self.compute
         if self.derived is not None or is_integer(self.storage):
             return "int64"
-        if self.storage == "bool":
-            return "bool"
-        return "float32"
+        return "bool" if self.storage == "bool" else "float32"
 
     @property
     def pad_value(self) -> int | float:
         return 0 if self.pad is None else self.pad
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if value is not None}
+        out = {key: getattr(self, key) for key in _ENTRY_KEYS if getattr(self, key) is not None}
+        if "names" in out:
+            out["names"] = list(out["names"])
+        return out
 
     @classmethod
-    def from_dict(cls, entry: Mapping[str, Any] | str, column: str = "?") -> ColumnDtype:
+    def from_dict(cls, entry: Mapping[str, Any] | str | ColumnDtype, column: str = "?") -> ColumnDtype:
         """Build from ``{"storage": ..., "compute": ..., "pad": ...}`` or a bare storage dtype name."""
         if isinstance(entry, ColumnDtype):
             return entry
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, Mapping):  # a bare storage dtype: "uint16", np.uint16, torch.uint16, ...
             entry = {"storage": entry}
-        unknown = set(entry) - _ENTRY_KEYS
+        unknown = sorted(set(entry) - set(_ENTRY_KEYS))
         if unknown:
-            raise ValueError(f"Column {column!r}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_ENTRY_KEYS)}.")
+            raise ValueError(f"Column {column!r}: unknown key(s) {unknown}; expected some of {list(_ENTRY_KEYS)}.")
         try:
             return cls(**entry)
         except ValueError as error:
@@ -86,8 +112,6 @@ class ColumnDtype:
 
 
 def _check_pad_fits(pad: int | float, storage: str) -> None:
-    if is_float(storage):
-        return
     if isinstance(pad, float) and not pad.is_integer():
         raise ValueError(f"Pad value {pad} is not an integer, so {storage} cannot hold it.")
     low, high = integer_range(storage)
@@ -103,7 +127,13 @@ class DtypePlan(Mapping[str, ColumnDtype]):
     columns: Mapping[str, ColumnDtype] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        columns = {name: ColumnDtype.from_dict(entry, name) for name, entry in dict(self.columns).items()}
+        if not isinstance(self.columns, Mapping):
+            raise ValueError(f"A plan is a mapping of column name to column dtype; got {type(self.columns).__name__}.")
+        columns = {}
+        for name, entry in self.columns.items():
+            if not isinstance(name, str):
+                raise ValueError(f"Column names are strings; got {name!r}.")
+            columns[name] = ColumnDtype.from_dict(entry, name)
         object.__setattr__(self, "columns", columns)
         for name, entry in columns.items():
             source = entry.lengths_from
@@ -127,14 +157,36 @@ class DtypePlan(Mapping[str, ColumnDtype]):
     def derived(self) -> dict[str, ColumnDtype]:
         return {name: entry for name, entry in self.columns.items() if entry.derived is not None}
 
-    def select(self, names: Iterator[str]) -> DtypePlan:
+    def entry_for(self, key: str) -> ColumnDtype | None:
+        """The entry of batch key ``key``; ``labels`` falls back to a ``label`` / ``label_ids`` entry (renamed in batches)."""
+        entry = self.columns.get(key)
+        if entry is None and key == "labels":
+            entry = next((self.columns[alias] for alias in LABEL_ALIASES if alias in self.columns), None)
+        return entry
+
+    def resolve(self, sequences: Sequence[str]) -> DtypePlan:
+        """The plan with each derived column's ``lengths_from`` filled in from the list columns ``sequences``.
+
+        The default source is ``input_ids``, else the first planned column of ``sequences``; where
+        there is none, ``lengths_from`` stays None and the column cannot be rebuilt (see ``unresolved``).
+        """
+        planned = [name for name in sequences if name in self.stored]
+        default = "input_ids" if "input_ids" in planned else (planned[0] if planned else None)
+        if default is None or all(entry.lengths_from is not None for entry in self.derived.values()):
+            return self
+        return DtypePlan({name: ColumnDtype(**{**entry.to_dict(), "lengths_from": default})
+                          if entry.derived is not None and entry.lengths_from is None else entry
+                          for name, entry in self.columns.items()})
+
+    def unresolved(self) -> list[str]:
+        """Derived columns that do not know which stored column gives their row lengths."""
+        return [name for name, entry in self.derived.items() if entry.lengths_from is None]
+
+    def select(self, names: Iterable[str]) -> DtypePlan:
         """The plan restricted to ``names`` (and the derived columns that follow one of them)."""
         keep = set(names)
-        return DtypePlan({
-            name: entry
-            for name, entry in self.columns.items()
-            if name in keep or (entry.lengths_from is not None and entry.lengths_from in keep)
-        })
+        return DtypePlan({name: entry for name, entry in self.columns.items()
+                          if name in keep or (entry.lengths_from is not None and entry.lengths_from in keep)})
 
     def update(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
         """A new plan with the entries of ``other`` replacing or adding to these."""
@@ -145,9 +197,7 @@ class DtypePlan(Mapping[str, ColumnDtype]):
 
     @classmethod
     def from_dict(cls, columns: Mapping[str, Any]) -> DtypePlan:
-        if not isinstance(columns, Mapping):
-            raise TypeError(f"A plan is a mapping of column name to column dtype; got {type(columns).__name__}.")
-        return cls(dict(columns))
+        return cls(columns)
 
     def to_json(self, path: str | PathLike | None = None, *, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
@@ -158,22 +208,25 @@ class DtypePlan(Mapping[str, ColumnDtype]):
 
     @classmethod
     def from_json(cls, text_or_path: str | PathLike) -> DtypePlan:
-        """Read a plan from a JSON string or a JSON file."""
+        """Read a plan from a JSON file, or from a JSON string (an object of column entries)."""
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            try:
-                with open(text_or_path, encoding="utf-8") as file:
-                    text = file.read()
-            except OSError as error:
-                raise FileNotFoundError(f"Cannot read plan file {str(text_or_path)!r}: {error.strerror}.") from None
+        if isinstance(text_or_path, PathLike) or not text.lstrip().startswith(("{", "[")):
+            if not os.path.isfile(text_or_path):
+                raise FileNotFoundError(f"Plan file {text!r} does not exist; expected a JSON file (or a JSON string of column entries).")
+            with open(text_or_path, encoding="utf-8") as file:
+                text = file.read()
         try:
-            return cls.from_dict(json.loads(text))
+            loaded = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"A plan must be a JSON object of column entries: {error}.") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"A plan must be a JSON object of column entries, e.g. {{\"input_ids\": \"uint16\"}}; "
+                             f"got a JSON {type(loaded).__name__}.")
+        return cls(loaded)
 
     def widen(self, batch: Mapping[str, Any], *, non_blocking: bool = False) -> dict[str, Any]:
-        """``batch`` with each planned tensor or array cast to its compute dtype, on the device it is on."""
-        from .widening import widen_batch
+        """``batch`` with each planned tensor or array in its compute dtype, on the device it is on."""
+        from .convert import widen_batch
 
         return widen_batch(self, batch, non_blocking=non_blocking)
 
@@ -181,6 +234,8 @@ class DtypePlan(Mapping[str, ColumnDtype]):
         rows = [("column", "storage", "compute", "pad")]
         for name, entry in self.columns.items():
             storage = entry.storage or f"derived: {entry.derived}" + (f" ({entry.lengths_from})" if entry.lengths_from else "")
+            if entry.names:
+                storage += f" ({len(entry.names)} label names)"
             rows.append((name, storage, entry.served_dtype, "" if entry.pad is None else str(entry.pad)))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -189,3 +244,8 @@ class DtypePlan(Mapping[str, ColumnDtype]):
 
     def __repr__(self) -> str:
         return f"DtypePlan({self.to_dict()!r})"
+
+
+def as_plan(plan: DtypePlan | Mapping | None) -> DtypePlan | None:
+    """``plan`` as a ``DtypePlan`` (None stays None)."""
+    return plan if plan is None or isinstance(plan, DtypePlan) else DtypePlan(plan)

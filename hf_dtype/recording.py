@@ -1,38 +1,36 @@
-"""Recording a plan inside a dataset's features, so it travels with the dataset.
+"""Where a plan lives in a dataset: the ``id`` of each stored column's leaf feature, so it travels with the data.
 
-Each stored column's entry goes into the ``id`` field of its leaf ``Value`` feature: of all the
-places a dataset can hold extra data, that one survives ``map``, ``filter``, ``select``,
-``shuffle``, ``save_to_disk``, ``to_parquet`` and the Hub card (the ``id`` of a ``List`` does not
-survive ``map``). A derived column is not stored, so its entry rides on the column it takes its
-lengths from.
+Of all the places a dataset can hold extra data, the leaf feature's ``id`` survives ``map``,
+``filter``, ``select``, ``shuffle``, ``save_to_disk``, ``to_parquet`` and the Hub card (the ``id`` of
+a ``List`` does not survive ``map``). A derived column is not stored, so its entry rides on the
+column it takes its lengths from. A ``ClassLabel`` column stored narrower than int64 becomes a
+``Value`` whose entry keeps the label names; stored as int64 it stays a ``ClassLabel``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 from typing import Any
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List, Value
+from datasets import ClassLabel, Features, LargeList, List, Value
 
 from .dtypes import to_numpy
 from .plan import ColumnDtype, DtypePlan
 
-__all__ = ["plan_of", "plan_of_features", "record_plan"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["leaf_feature", "plan_of", "plan_of_features", "record_plan"]
 
 _MARKER = "hf_dtype/1 "
 
 
-def _leaf(feature: Any) -> Any:
+def leaf_feature(feature: Any) -> Any:
+    """The innermost feature of a (nested) list feature."""
     while isinstance(feature, (List, LargeList)):
         feature = feature.feature
     return feature
 
 
-def _replace_leaf(feature: Any, leaf: Value) -> Any:
+def _replace_leaf(feature: Any, leaf: Any) -> Any:
     if isinstance(feature, List):
         return List(_replace_leaf(feature.feature, leaf), length=feature.length)
     if isinstance(feature, LargeList):
@@ -41,18 +39,20 @@ def _replace_leaf(feature: Any, leaf: Value) -> Any:
 
 
 def record_plan(features: Features, plan: DtypePlan) -> Features:
-    """``features`` with each stored column's leaf set to its storage dtype and carrying its plan entry."""
+    """``features`` with each stored column's leaf in its storage dtype and carrying its plan entry; derived columns dropped."""
     carried: dict[str, dict[str, dict]] = {}
     for name, entry in plan.derived.items():
-        carried.setdefault(entry.lengths_from, {})[name] = entry.to_dict()
-    out = Features(features)
+        carried.setdefault(entry.lengths_from, {})[name] = {k: v for k, v in entry.to_dict().items() if k != "lengths_from"}
+    out = Features({name: feature for name, feature in features.items() if name not in plan.derived})
     for name, entry in plan.stored.items():
-        if isinstance(_leaf(features[name]), ClassLabel):
-            logger.warning("Column %r: its ClassLabel names are not kept in %s storage.", name, entry.storage)
-        payload = {"column": entry.to_dict()}
+        payload: dict[str, Any] = {"column": entry.to_dict()}
         if name in carried:
             payload["carries"] = carried[name]
-        leaf = Value(to_numpy(entry.storage).name, id=_MARKER + json.dumps(payload, separators=(",", ":")))
+        marker = _MARKER + json.dumps(payload, separators=(",", ":"))
+        if entry.names and entry.storage == "int64":
+            leaf = ClassLabel(names=list(entry.names), id=marker)
+        else:
+            leaf = Value(to_numpy(entry.storage).name, id=marker)
         out[name] = _replace_leaf(features[name], leaf)
     return out
 
@@ -61,8 +61,7 @@ def plan_of_features(features: Features | None) -> DtypePlan | None:
     """The plan recorded in ``features``, or None where no column carries one."""
     if not features:
         return None
-    recorded = tuple((name, getattr(_leaf(feature), "id", None)) for name, feature in features.items())
-    return _parse_recorded(recorded)
+    return _parse_recorded(tuple((name, getattr(leaf_feature(feature), "id", None)) for name, feature in features.items()))
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,14 +80,16 @@ def _parse_recorded(recorded: tuple[tuple[str, str | None], ...]) -> DtypePlan |
     return DtypePlan(columns) if columns else None
 
 
-def plan_of(dataset: Dataset | DatasetDict | Features) -> DtypePlan | None:
-    """The plan recorded in ``dataset`` by ``compact``, or None. A ``DatasetDict``'s splits must agree."""
+def plan_of(dataset: Any) -> DtypePlan | None:
+    """The plan recorded in ``dataset`` (a ``Dataset``, ``IterableDataset``, ``DatasetDict`` or ``Features``) by ``compact``, or None.
+
+    The splits of a ``DatasetDict`` must carry the same plan.
+    """
     if isinstance(dataset, Features):
         return plan_of_features(dataset)
-    if isinstance(dataset, DatasetDict):
-        plans = {split: plan_of_features(part.features) for split, part in dataset.items()}
-        distinct = {json.dumps(p.to_dict() if p else None, sort_keys=True) for p in plans.values()}
-        if len(distinct) > 1:
+    if isinstance(dataset, dict):  # DatasetDict, IterableDatasetDict
+        plans = {split: plan_of(part) for split, part in dataset.items()}
+        if len({json.dumps(p.to_dict() if p else None, sort_keys=True) for p in plans.values()}) > 1:
             found = {split: plan and plan.to_dict() for split, plan in plans.items()}
             raise ValueError(f"The splits carry different plans: {found}; compact them with one plan.")
         return next(iter(plans.values()), None)

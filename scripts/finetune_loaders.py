@@ -24,7 +24,7 @@ from finetune_data import InputError
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 import hf_dtype as hd
-from hf_dtype.loading import EpochSampler
+from hf_dtype.loader import EpochSampler
 
 __all__ = ["DATA_PATHS", "Int64ArrayDataset", "ServedData", "get_dataloaders"]
 

@@ -18,7 +18,7 @@ import torch
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 import hf_dtype as hd
-from hf_dtype.padding import RowWindows, length_mask, pad_rows, padded_width
+from hf_dtype.batching import PadOptions, length_mask, pad_batch, pad_rows
 
 datasets.disable_progress_bars()
 
@@ -90,33 +90,50 @@ def _assert_batches_equal(ours: dict, reference: dict) -> None:
 def test_pad_rows_right_and_left():
     flat = np.arange(10, dtype=np.int16)
     starts, lengths = np.array([0, 3, 3]), np.array([3, 0, 5])
-    right = pad_rows(flat, starts, lengths, width=6, pad=-1, dtype=np.dtype(np.int16))
+    right = pad_rows(flat, starts, lengths, width=6, pad=-1, dtype=np.dtype(np.int16), mask=length_mask(lengths, 6))
     assert right.tolist() == [[0, 1, 2, -1, -1, -1], [-1] * 6, [3, 4, 5, 6, 7, -1]]
-    left = pad_rows(flat, starts, lengths, width=6, pad=0, dtype=np.dtype(np.int16), padding_side="left")
+    left = pad_rows(flat, starts, lengths, width=6, pad=0, dtype=np.dtype(np.int16), padding_side="left",
+                    mask=length_mask(lengths, 6, "left"))
     assert left.tolist() == [[0, 0, 0, 0, 1, 2], [0] * 6, [0, 3, 4, 5, 6, 7]]
     assert length_mask(lengths, 6, "left").sum(axis=1).tolist() == [3, 0, 5]
-    assert padded_width(np.array([3, 9]), 8) == 16 and padded_width(np.array([], dtype=np.int64), 8) == 0
+    assert PadOptions(pad_to_multiple_of=8).width(np.array([3, 9])) == 16 and PadOptions().width(np.array([], dtype=np.int64)) == 0
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("size", [5, 70, 300])
-def test_pad_rows_through_windows_equals_a_plain_gather(padding_side, size):
+def test_pad_rows_equals_a_plain_gather(padding_side, size):
     rng = np.random.default_rng(size)
     flat = rng.integers(-100, 100, size).astype(np.int8)
-    windows = RowWindows(flat)
     for _ in range(20):
         lengths = rng.integers(0, min(size, 40), 16)
         starts = rng.integers(0, size - lengths + 1)  # rows at both ends of the array included
         starts[:2], lengths[:2] = [0, size - lengths[1]], [lengths[0], lengths[1]]
-        width = padded_width(lengths, 8)
+        width = PadOptions(pad_to_multiple_of=8).width(lengths)
         expected = np.full((16, width), -7, dtype=np.int8)
         for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
             if length:
                 cells = slice(width - length, width) if padding_side == "left" else slice(0, length)
                 expected[row, cells] = flat[start:start + length]
-        for values in (flat, windows, flat.take):
-            got = pad_rows(values, starts, lengths, width=width, pad=-7, dtype=np.dtype(np.int8), padding_side=padding_side)
+        mask = length_mask(lengths, width, padding_side)
+        for values in (flat, lambda positions, groups: flat[positions]):
+            got = pad_rows(values, starts, lengths, width=width, pad=-7, dtype=np.dtype(np.int8), padding_side=padding_side, mask=mask)
             assert np.array_equal(got, expected)
+
+
+def test_padding_memory_grows_with_the_batch_not_the_square_of_the_width():
+    """A long-context batch costs memory in proportion to its cells (no per-width table)."""
+    import tracemalloc
+
+    flat = np.arange(4 * 32768, dtype=np.uint16)
+    lengths = np.array([32768, 100, 32768, 5])
+    starts = np.array([0, 32768, 65536, 98304])
+    tracemalloc.start()
+    mask = length_mask(lengths, 32768)
+    out = pad_rows(flat, starts, lengths, width=32768, pad=0, dtype=np.dtype(np.uint16), mask=mask)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out[0].tolist() == list(range(32768)) and out[1, 100:].sum() == 0
+    assert peak < 8 * out.size * 8  # a few batch-sized arrays (positions are int64), not 32768 x 32768 bools (1 GiB)
 
 
 # --- equal to the transformers collators --------------------------------------------------------
@@ -177,19 +194,19 @@ def test_padding_collator_matches_token_classification_collator(ner_rows, compac
 def test_padding_collator_rebuilds_derived_columns_and_serves_storage_dtypes(ner_rows, compacted):
     plan = hd.plan_of(compacted)
     rows = _reference_rows(ner_rows, [0, 1, 2], ["input_ids", "labels"])
-    device = hd.pad_batch(rows, plan, widen="device", max_length=4)
+    device = pad_batch(rows, plan, widen="device", max_length=4)
     assert {name: value.dtype for name, value in device.items()} == {
         "input_ids": torch.uint16, "labels": torch.int8, "token_type_ids": torch.bool, "attention_mask": torch.bool}
     lengths = [min(len(row["input_ids"]), 4) for row in rows]
     assert device["attention_mask"].sum(dim=1).tolist() == lengths
-    cpu = hd.pad_batch(rows, plan, widen="cpu", max_length=4)
+    cpu = pad_batch(rows, plan, widen="cpu", max_length=4)
     _assert_batches_equal(cpu, plan.widen(device))
 
 
 def test_padding_collator_range_checks_storage_dtypes(compacted):
     rows = [{"input_ids": [101, 70000, 102]}]
     with pytest.raises(hd.LossyCastError, match=r"'input_ids'.*70000.*uint16"):
-        hd.pad_batch(rows, hd.plan_of(compacted), widen="device")
+        pad_batch(rows, hd.plan_of(compacted), widen="device")
 
 
 # --- dtypes: compact on the way, wide on the device ---------------------------------------------
@@ -228,7 +245,7 @@ def test_bool_and_scalar_columns():
     small = hd.compact(raw, {"flags": "bool", "label": "int8", "score": "float16"})
     batch = next(iter(hd.dataloader(small, 3)))
     assert batch["flags"].tolist() == [[True, False, True], [False, False, False], [False, True, False]]
-    assert batch["label"].tolist() == [2, 0, 1] and batch["label"].dtype == torch.int8
+    assert "label" not in batch and batch["labels"].tolist() == [2, 0, 1] and batch["labels"].dtype == torch.int8
     assert batch["score"].dtype == torch.float16 and batch["score"].tolist() == [0.5, 0.25, 1.0]
 
 
@@ -250,17 +267,19 @@ def test_pad_that_the_stored_dtype_cannot_hold_serves_the_compute_dtype():
     raw = datasets.Dataset.from_dict({"labels": [[1, 2], [3]]}, features=datasets.Features(
         {"labels": datasets.List(datasets.Value("uint8"))}))
     batch = next(iter(hd.dataloader(raw, 2, plan={"labels": {"storage": "int8", "pad": -100}})))
-    assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [[1, 2], [3, -100]]
+    assert batch["labels"].dtype == torch.int8 and batch["labels"].tolist() == [[1, 2], [3, -100]]
 
 
 def test_empty_dataset(compacted):
     assert list(hd.dataloader(compacted.select([]), 4)) == []
 
 
-def test_uncompacted_dataset_with_a_plan_serves_what_is_stored(ner_rows, compacted):
+def test_uncompacted_dataset_with_a_plan_serves_the_plan_dtypes(ner_rows, compacted):
     plan = hd.plan_of(compacted)
     device = next(iter(hd.dataloader(ner_rows, 6, plan=plan, columns=["input_ids", "attention_mask", "labels"])))
-    assert device["input_ids"].dtype == torch.int32 and device["labels"].dtype == torch.int64
+    assert device["input_ids"].dtype == torch.uint16 and device["labels"].dtype == torch.int8  # checked casts
+    with pytest.raises(hd.LossyCastError, match=r"Column 'input_ids'.*does not fit uint8"):
+        next(iter(hd.dataloader(ner_rows, 6, plan=plan.update({"input_ids": "uint8"}))))
     cpu = next(iter(hd.dataloader(ner_rows, 6, plan=plan, widen="cpu")))
     reference = next(iter(hd.dataloader(compacted, 6, widen="cpu")))
     _assert_batches_equal(cpu, {name: reference[name] for name in cpu})
@@ -341,7 +360,7 @@ def test_memory_mapped_dataset_is_read_in_place(compacted, tmp_path):
     fetcher = loader.dataset
     assert isinstance(fetcher.dataset.data, datasets.table.MemoryMappedTable)
     arrow_file = loaded.cache_files[0]["filename"]
-    views = fetcher._state.views["input_ids"].values.views
+    views = fetcher._views["input_ids"][0].values.views
     assert len(views) == 1 and views[0].nbytes == os.path.getsize(arrow_file)  # a view of the whole mapped file
     assert not views[0].flags.owndata and not views[0].flags.writeable
 
@@ -355,10 +374,11 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(compacted):
     first, second = _order(loader), _order(loader)
     assert sorted(first) == sorted(second) == list(range(NUM_ROWS))
     assert first != second  # the epoch advances with each pass
-    loader.set_epoch(0)
-    assert _order(loader) == first
-    loader.set_epoch(1)
-    assert _order(loader) == second
+    fresh = hd.dataloader(compacted, 4, shuffle=True, seed=3)
+    fresh.set_epoch(1)
+    assert _order(fresh) == second
+    fresh.set_epoch(0)  # never back: accelerate calls set_epoch with its own count, which restarts at 0 after a resume
+    assert _order(fresh) != first and sorted(_order(fresh)) == list(range(NUM_ROWS))
     again = hd.dataloader(compacted, 4, shuffle=True, seed=3)
     assert _order(again) == first
     assert _order(hd.dataloader(compacted, 4, shuffle=True, seed=4)) != first
@@ -369,7 +389,7 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(compacted):
 def test_epoch_batch_sampler_yields_what_batch_sampler_yields(drop_last):
     from torch.utils.data import BatchSampler
 
-    from hf_dtype.loading import EpochBatchSampler, EpochSampler
+    from hf_dtype.loader import EpochBatchSampler, EpochSampler
 
     ours = EpochBatchSampler(EpochSampler(23, shuffle=True, seed=2), 5, drop_last)
     reference = BatchSampler(EpochSampler(23, shuffle=True, seed=2), 5, drop_last)
@@ -421,7 +441,7 @@ def test_bad_arguments(compacted, kwargs, error, match):
 
 
 def test_no_plan(ner_rows):
-    with pytest.raises(ValueError, match="carries no dtype plan: pass plan="):
+    with pytest.raises(ValueError, match="carries no dtype plan: compact it first"):
         hd.dataloader(ner_rows, 4)
 
 
@@ -439,7 +459,7 @@ def test_unbatchable_columns():
     with pytest.raises(ValueError, match="Column 'grid' holds lists of lists"):
         hd.dataloader(raw, 2, plan=plan, columns=["grid"])
     with pytest.raises(ValueError, match=r"Column 'grid'.*lists of lists cannot be padded"):
-        hd.pad_batch([{"grid": [[1], [2]]}], plan)
+        pad_batch([{"grid": [[1], [2]]}], plan)
 
 
 def test_planned_columns_that_cannot_be_batched():
@@ -463,4 +483,4 @@ def test_collator_bad_arguments(compacted):
     with pytest.raises(ValueError, match="widen must be one of"):
         hd.PaddingCollator(hd.plan_of(compacted), widen="gpu")
     with pytest.raises(ValueError, match=r"Row 1 has no 'labels'"):
-        hd.pad_batch([{"input_ids": [1], "labels": [0]}, {"input_ids": [2]}], hd.plan_of(compacted))
+        pad_batch([{"input_ids": [1], "labels": [0]}, {"input_ids": [2]}], hd.plan_of(compacted))

@@ -91,7 +91,7 @@ def test_a_failed_cast_leaves_no_output(saved, tmp_path, capsys):
         (["--column", "labels"], r"expected NAME=STORAGE\[:COMPUTE\]"),
         (["--column", "labels=uint12"], "Unknown dtype 'uint12'"),
         (["--column", "nope=int8"], r"names column\(s\) \['nope'\]"),
-        (["--plan", "missing.json"], "Cannot read plan file"),
+        (["--plan", "missing.json"], "Plan file 'missing.json' does not exist"),
     ],
 )
 def test_bad_arguments_exit_with_one_line(saved, tmp_path, capsys, args, match):

@@ -73,7 +73,7 @@ def test_output_all_columns(small):
 
 
 def test_format_errors(tokenized, small):
-    with pytest.raises(ValueError, match="carries no dtype plan: pass plan= to with_format"):
+    with pytest.raises(ValueError, match=r"carries no dtype plan: compact it first \(hd.compact\), pass plan= to Dataset.with_format, or use with_transform"):
         tokenized.with_format("hf_dtype")[0]
     with pytest.raises(ValueError, match="Unknown backend 'jax': expected one of torch, numpy"):
         small.with_format("hf_dtype", backend="jax")[0]
@@ -90,7 +90,7 @@ def test_narrowing_compute_dtype_is_checked():
     ds = datasets.Dataset.from_dict({"x": [1, 300]})
     plan = {"x": {"storage": "int64", "compute": "int8"}}
     assert ds.with_format("hf_dtype", plan=plan)[0]["x"].item() == 1
-    with pytest.raises(LossyCastError, match=r"Value 300 does not fit compute dtype int8"):
+    with pytest.raises(LossyCastError, match=r"Column 'x', row 1: value 300 does not fit int8, which holds \[-128, 127\]"):
         ds.with_format("hf_dtype", plan=plan)[:]
 
 

@@ -1,0 +1,194 @@
+"""Arrow columns as numpy: flattened list levels, row lengths, and zero-copy views to gather rows from.
+
+A memory-mapped dataset is one file of many record batches, so every chunk's buffers are slices of
+one memory map. ``ArrowColumn`` sees each buffer through one numpy view of the memory block it lies
+in (its root ``pa.Buffer``), so rows from any chunks are gathered with one fancy index and nothing
+is copied or read ahead. Chunks that live in separate blocks (an in-memory table, several files)
+get one view per block. Views are read-only and never leave the library: a gather copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .dtypes import canonical_dtype
+
+__all__ = ["ArrowColumn", "arrow_leaf_dtype", "flatten_leaf", "is_list_type", "leaf_row", "row_lengths", "with_leaf_type"]
+
+
+def is_list_type(arrow_type: pa.DataType) -> bool:
+    """Whether ``arrow_type`` is a list, large list or fixed-size list."""
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _is_numeric(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_boolean(arrow_type) or pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+
+
+def arrow_leaf_dtype(arrow_type: pa.DataType) -> str | None:
+    """The canonical name of the numeric leaf of ``arrow_type`` (lists unwrapped), or None if it is not numeric."""
+    while is_list_type(arrow_type):
+        arrow_type = arrow_type.value_type
+    return canonical_dtype(arrow_type) if _is_numeric(arrow_type) else None
+
+
+def list_depth(arrow_type: pa.DataType) -> int:
+    """How many list levels wrap the leaf of ``arrow_type``."""
+    depth = 0
+    while is_list_type(arrow_type):
+        arrow_type, depth = arrow_type.value_type, depth + 1
+    return depth
+
+
+def with_leaf_type(arrow_type: pa.DataType, leaf: pa.DataType) -> pa.DataType:
+    """``arrow_type`` with its innermost value type replaced by ``leaf``, list kinds kept."""
+    if pa.types.is_list(arrow_type):
+        return pa.list_(with_leaf_type(arrow_type.value_type, leaf))
+    if pa.types.is_large_list(arrow_type):
+        return pa.large_list(with_leaf_type(arrow_type.value_type, leaf))
+    if pa.types.is_fixed_size_list(arrow_type):
+        return pa.list_(with_leaf_type(arrow_type.value_type, leaf), arrow_type.list_size)
+    return leaf
+
+
+def flatten_leaf(array: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, list[np.ndarray]]:
+    """The leaf values of ``array`` (a zero-copy slice) and, per list level from the outside in, offsets from 0."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    levels = []
+    while is_list_type(array.type):
+        if pa.types.is_fixed_size_list(array.type):
+            size = array.type.list_size
+            levels.append(np.arange(len(array) + 1, dtype=np.int64) * size)
+            array = array.values.slice(array.offset * size, len(array) * size)
+        else:
+            offsets = array.offsets.to_numpy()
+            levels.append(offsets - offsets[0])
+            array = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    return array, levels
+
+
+def leaf_row(leaf_index: int, levels: Sequence[np.ndarray]) -> int:
+    """The row that holds leaf value number ``leaf_index``."""
+    index = leaf_index
+    for offsets in reversed(levels):
+        index = int(np.searchsorted(offsets, index, side="right")) - 1
+    return index
+
+
+def row_lengths(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The length of each row of a list column (1 for a column of numbers)."""
+    _, levels = flatten_leaf(array)
+    return np.diff(levels[0]) if levels else np.ones(len(array), dtype=np.int64)
+
+
+def _root(buffer: pa.Buffer) -> pa.Buffer:
+    while buffer.parent is not None:
+        buffer = buffer.parent
+    return buffer
+
+
+class _Views:
+    """The data buffer of each chunk, seen through one numpy view per memory block; ``bool`` buffers are bitmaps.
+
+    ``base[c]`` is the position of chunk ``c``'s element 0 in view ``group[c]``.
+    """
+
+    def __init__(self, buffers: list[pa.Buffer | None], firsts: list[int], dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.bits = self.dtype == np.bool_
+        self.views: list[np.ndarray] = []
+        self.base = np.zeros(len(buffers), dtype=np.int64)
+        self.group = np.zeros(len(buffers), dtype=np.int64)
+        view_dtype = np.dtype(np.uint8) if self.bits else self.dtype
+        blocks: dict[tuple[int, int], int] = {}
+        for chunk, (buffer, first) in enumerate(zip(buffers, firsts, strict=True)):
+            if buffer is None or buffer.size == 0:
+                continue
+            root = _root(buffer)
+            delta = buffer.address - root.address
+            if not self.bits and delta % self.dtype.itemsize:
+                root, delta = buffer, 0  # a misaligned slice gets a view of its own
+            key = (root.address, root.size)
+            if key not in blocks:
+                blocks[key] = len(self.views)
+                self.views.append(np.frombuffer(root, dtype=view_dtype, count=root.size // view_dtype.itemsize))
+            self.group[chunk] = blocks[key]
+            self.base[chunk] = delta * 8 + first if self.bits else delta // self.dtype.itemsize + first
+        if not self.views:
+            self.views.append(np.zeros(0, dtype=view_dtype))
+
+    def _take(self, view: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.bits:
+            return ((view[positions >> 3] >> (positions & 7).astype(np.uint8)) & 1).astype(np.bool_)
+        return view[positions]
+
+    def take(self, positions: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """A copy of the elements at ``positions``; ``groups`` (same shape) names each one's view when there are several."""
+        if len(self.views) == 1 or groups is None:
+            return self._take(self.views[0], positions)
+        out = np.empty(positions.shape, dtype=self.dtype)
+        for group in np.unique(groups).tolist():
+            chosen = groups == group
+            out[chosen] = self._take(self.views[group], positions[chosen])
+        return out
+
+
+class ArrowColumn:
+    """A numeric column, or a column of lists of numbers, of a chunked Arrow table, read by row positions."""
+
+    def __init__(self, name: str, column: pa.ChunkedArray) -> None:
+        depth = list_depth(column.type)
+        if depth > 1:
+            raise ValueError(f"Column {name!r} holds lists of lists ({column.type}); only one level of lists can be batched.")
+        if arrow_leaf_dtype(column.type) is None:
+            raise ValueError(f"Column {name!r} holds {column.type} values; only numbers and lists of numbers can be batched.")
+        chunks = column.chunks or [pa.array([], type=column.type)]
+        self.name = name
+        self.is_list = depth == 1
+        self.fixed_size = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+        leaves = [chunk.values if self.is_list else chunk for chunk in chunks]
+        for kind, arrays in (("row", chunks), ("value", leaves)):
+            if any(array.null_count for array in arrays):
+                raise ValueError(f"Column {name!r} has a null {kind}; fill or drop nulls before batching.")
+        self.dtype = np.dtype(leaves[0].type.to_pandas_dtype())
+        self.values = _Views([leaf.buffers()[1] for leaf in leaves], [leaf.offset for leaf in leaves], self.dtype)
+        self.starts = np.zeros(len(chunks) + 1, dtype=np.int64)
+        np.cumsum([len(chunk) for chunk in chunks], out=self.starts[1:])
+        row_offsets = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
+        self.offsets = None
+        if self.is_list and self.fixed_size is None:
+            offset_type = np.int64 if pa.types.is_large_list(column.type) else np.int32
+            self.offsets = _Views([chunk.buffers()[1] for chunk in chunks], row_offsets.tolist(), offset_type)
+            self.shift = self.offsets.base - self.starts[:-1]
+        else:
+            self.shift = (self.values.base if not self.is_list else row_offsets) - self.starts[:-1]
+        # Per chunk c: row position r is entry r + shift[c] of its offsets (or of its values, or of its fixed-size
+        # rows), and its values start at values.base[c] plus that row's first offset.
+
+    def locate(self, rows: np.ndarray) -> np.ndarray | None:
+        """The chunk of each row position; None when there is only one chunk."""
+        return None if len(self.starts) <= 2 else self.starts[1:-1].searchsorted(rows, side="right")
+
+    def _at(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
+        return rows + (self.shift[0] if chunk is None else self.shift[chunk])
+
+    def spans(self, rows: np.ndarray, chunk: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """For list rows: where each row's values start in its view, how many there are, and which view (None: one)."""
+        at = self._at(rows, chunk)
+        base = self.values.base[0] if chunk is None else self.values.base[chunk]
+        groups = None if len(self.values.views) == 1 else self.values.group[0 if chunk is None else chunk]
+        if self.fixed_size is not None:
+            return base + at * self.fixed_size, np.full(len(rows), self.fixed_size, dtype=np.int64), groups
+        where = None if len(self.offsets.views) == 1 else self.offsets.group[0 if chunk is None else chunk]
+        first = self.offsets.take(at, where).astype(np.int64)
+        stop = self.offsets.take(at + 1, where)
+        return first + base, stop - first, groups
+
+    def scalars(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
+        """For a column of numbers: a copy of the value of each row."""
+        groups = None if len(self.values.views) == 1 else self.values.group[0 if chunk is None else chunk]
+        return self.values.take(self._at(rows, chunk), groups)
