@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+from numpy.lib.stride_tricks import as_strided
 
 from .dtypes import canonical_dtype
 
@@ -160,10 +161,15 @@ class ArrowColumn:
         np.cumsum([len(chunk) for chunk in chunks], out=self.starts[1:])
         row_offsets = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
         self.offsets = None
+        self._pairs = None  # every row's (first, stop) offsets as one strided view, when the offsets are one view
+        self._windows, self._window = None, 0  # runs of consecutive values as one strided view, see ``windows``
         if self.is_list and self.fixed_size is None:
             offset_type = np.int64 if pa.types.is_large_list(column.type) else np.int32
             self.offsets = _Views([chunk.buffers()[1] for chunk in chunks], row_offsets.tolist(), offset_type)
             self.shift = self.offsets.base - self.starts[:-1]
+            view = self.offsets.views[0]
+            if len(self.offsets.views) == 1 and len(view) > 1:
+                self._pairs = as_strided(view, shape=(len(view) - 1, 2), strides=(view.strides[0],) * 2, writeable=False)
         else:
             self.shift = (self.values.base if not self.is_list else row_offsets) - self.starts[:-1]
         # Per chunk c: row position r is entry r + shift[c] of its offsets (or of its values, or of its fixed-size
@@ -183,10 +189,40 @@ class ArrowColumn:
         groups = None if len(self.values.views) == 1 else self.values.group[0 if chunk is None else chunk]
         if self.fixed_size is not None:
             return base + at * self.fixed_size, np.full(len(rows), self.fixed_size, dtype=np.int64), groups
-        where = None if len(self.offsets.views) == 1 else self.offsets.group[0 if chunk is None else chunk]
-        first = self.offsets.take(at, where).astype(np.int64)
-        stop = self.offsets.take(at + 1, where)
+        if self._pairs is not None:
+            pairs = self._pairs[at]
+            first, stop = pairs[:, 0], pairs[:, 1]
+        else:
+            where = self.offsets.group[chunk]
+            first, stop = self.offsets.take(at, where).astype(np.int64), self.offsets.take(at + 1, where)
         return first + base, stop - first, groups
+
+    def shift_from(self, other: ArrowColumn) -> np.ndarray | None:
+        """Per chunk, how far this column's values lie from ``other``'s when every row has the same length in both
+        (``input_ids`` and ``labels``): a batch then reads the offsets once. None when they differ. Reads both once."""
+        if self._pairs is None or other._pairs is None or len(self.values.views) > 1 or len(other.values.views) > 1 \
+                or not np.array_equal(self.starts, other.starts):
+            return None
+        shift = np.zeros(len(self.starts) - 1, dtype=np.int64)
+        mine, theirs = self.offsets.views[0], other.offsets.views[0]
+        for chunk, rows in enumerate(np.diff(self.starts).tolist()):
+            a, b = mine[self.offsets.base[chunk]:][:rows + 1], theirs[other.offsets.base[chunk]:][:rows + 1]
+            if rows and not np.array_equal(a - a[0], b - b[0]):
+                return None
+            if rows:
+                shift[chunk] = (self.values.base[chunk] + a[0]) - (other.values.base[chunk] + b[0])
+        return shift
+
+    def windows(self, width: int) -> np.ndarray | None:
+        """Every run of ``width`` or more consecutive values as rows of one read-only strided view (no copy), so a batch
+        of padded rows is one gather of rows; None where the values are bits or lie in several views."""
+        if width > self._window:
+            view = self.values.views[0]
+            self._window = max(width, 64, 2 * self._window)
+            fits = len(self.values.views) == 1 and not self.values.bits and self._window <= len(view)
+            self._windows = as_strided(view, shape=(len(view) - self._window + 1, self._window), strides=(view.strides[0],) * 2,
+                                       writeable=False) if fits else None
+        return self._windows
 
     def scalars(self, rows: np.ndarray, chunk: np.ndarray | None) -> np.ndarray:
         """For a column of numbers: a copy of the value of each row."""

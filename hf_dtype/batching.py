@@ -10,16 +10,17 @@ become ``labels``, as ``DataCollatorWithPadding`` renames them, so the model com
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from .convert import to_compute, to_dtype
-from .dtypes import float32_to_bfloat16_bits, integer_range, to_torch
+from .convert import narrows, numpy_dtype, to_compute, to_dtype
+from .dtypes import dtype_name, float32_to_bfloat16_bits, integer_range, to_torch
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan, as_plan
 
 __all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "PaddingCollator", "Rows", "assemble", "length_mask", "pad_batch", "pad_rows"]
@@ -67,9 +68,20 @@ class PadOptions:
         return width
 
 
+_COLUMNS = np.arange(4096)
+
+
+def _columns(width: int) -> np.ndarray:
+    """``np.arange(width)``, a slice of a cached array."""
+    global _COLUMNS
+    if width > len(_COLUMNS):
+        _COLUMNS = np.arange(max(width, 2 * len(_COLUMNS)))
+    return _COLUMNS[:width]
+
+
 def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") -> np.ndarray:
     """A ``(rows, width)`` bool array, True where a row has a value and False where it is padded."""
-    columns = np.arange(width)
+    columns = _columns(width)
     if padding_side == "left":
         return columns >= (width - lengths)[:, None]
     return columns < lengths[:, None]
@@ -77,23 +89,33 @@ def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") ->
 
 def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.ndarray], starts: np.ndarray, lengths: np.ndarray,
              *, width: int, pad: int | float, dtype: np.dtype, mask: np.ndarray, padding_side: str = "right",
-             groups: np.ndarray | None = None) -> np.ndarray:
+             groups: np.ndarray | None = None, windows: np.ndarray | None = None, pad_cells: np.ndarray | None = None) -> np.ndarray:
     """Rows ``values[starts[i] : starts[i] + lengths[i]]`` in a new ``(rows, width)`` array filled with ``pad``.
 
-    ``lengths`` are at most ``width`` and ``mask`` is their ``length_mask``. ``values`` is a flat
-    array, or a function ``take(positions, groups)`` for values that are not one array (bit-packed
-    Arrow booleans, buffers in several memory blocks; ``groups`` names the block of each row).
+    ``lengths`` are at most ``width`` and ``mask`` is their ``length_mask`` (``pad_cells`` its negation,
+    where the caller has it). ``values`` is a flat array, or a function ``take(positions, groups)``
+    for values that are not one array (bit-packed Arrow booleans, buffers in several memory blocks;
+    ``groups`` names the block of each row). ``windows`` (``ArrowColumn.windows``) gathers whole rows at once.
     """
     if not len(lengths) or not width:
         return np.full((len(lengths), width), pad, dtype=dtype)
+    pad_cells = ~mask if pad_cells is None else pad_cells
     origin = starts if padding_side == "right" else starts - (width - lengths)
-    cells = origin[:, None] + np.arange(width)
-    if isinstance(values, np.ndarray):  # every cell gathered (pad cells clipped into range), then the pad written over
-        out = values.take(cells, mode="clip").astype(dtype, copy=False)
-        np.copyto(out, np.asarray(pad, dtype=dtype), where=~mask)
+    out = None
+    if windows is not None and padding_side == "right":  # a negative (left) origin would wrap around: not here
+        try:
+            out = windows[origin, :width]
+        except IndexError:  # a row within ``width`` of the end of the buffer
+            out = None
+    if out is None and isinstance(values, np.ndarray):  # every cell gathered (pad cells clipped into range), then padded
+        out = values.take(origin[:, None] + _columns(width), mode="clip")
+    if out is None:
+        out = np.full((len(lengths), width), pad, dtype=dtype)
+        out[mask] = values((origin[:, None] + _columns(width))[mask],
+                           None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
         return out
-    out = np.full((len(lengths), width), pad, dtype=dtype)
-    out[mask] = values(cells[mask], None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+    out = out.astype(dtype, copy=False)
+    np.copyto(out, pad, where=pad_cells)
     return out
 
 
@@ -110,62 +132,93 @@ class Rows:
     starts: np.ndarray | None = None
     lengths: np.ndarray | None = None
     groups: np.ndarray | None = None
+    windows: Callable[[int], np.ndarray | None] | None = None
 
 
-def _pad_fits(pad: int | float, dtype: np.dtype) -> bool:
-    if dtype.kind == "f":
-        return True
-    if isinstance(pad, float) and not pad.is_integer():
-        return False
-    low, high = integer_range("bool" if dtype.kind == "b" else dtype.name)
-    return low <= pad <= high
+class _Spec(NamedTuple):
+    """How one column of a batch is padded and served."""
+
+    entry: ColumnDtype
+    pad: np.ndarray  # a 0-d array of ``work`` (numpy fills from it faster than from a scalar)
+    work: np.dtype  # the dtype it is padded in
+    stored: bool  # the padded array is already in the storage dtype (``widen="device"`` serves it as is)
+    compute: np.dtype | None  # ``widen="cpu"`` serves ``astype(compute)`` (None: through ``to_compute``, which checks)
 
 
-def _served(values: np.ndarray, entry: ColumnDtype, widen: str, column: str) -> torch.Tensor:
+@functools.cache
+def _column_spec(entry: ColumnDtype | None, dtype: np.dtype) -> _Spec:
+    """The spec of a column read in ``dtype``: padded in that dtype where it holds the pad; an unplanned column is served
+    as ``torch.tensor`` would serve it."""
+    entry = entry or ColumnDtype(storage=dtype_name(dtype))
+    pad = entry.pad_value
+    if entry.storage == "bfloat16" and dtype == np.uint16:
+        return _Spec(entry, float32_to_bfloat16_bits(np.array([pad], dtype=np.float32)).reshape(()), dtype, False, None)
+    low, high = integer_range(dtype_name(dtype)) if dtype.kind != "f" else (-np.inf, np.inf)
+    fits = dtype.kind == "f" or (float(pad).is_integer() and low <= pad <= high)
+    work = dtype if fits else np.dtype(np.float64 if isinstance(pad, float) else np.int64)
+    plain = entry.served_dtype != "bfloat16" and not narrows(dtype_name(work), entry.served_dtype)
+    return _Spec(entry, np.asarray(pad).astype(work), work, dtype_name(work) == entry.storage,
+                 numpy_dtype(entry.served_dtype) if plain else None)
+
+
+def _served(values: np.ndarray, spec: _Spec, widen: str, column: str) -> torch.Tensor:
     """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed)."""
+    entry = spec.entry
     if widen == "cpu":
+        if spec.compute is not None:
+            return torch.from_numpy(values.astype(spec.compute, copy=False))
         return to_compute(values, entry, "torch", owned=True, column=column)
+    if spec.stored:
+        return torch.from_numpy(values)
     if entry.storage == "bfloat16" and values.dtype == np.uint16:
         return torch.from_numpy(values).view(torch.bfloat16)
     return to_dtype(values, entry.storage or "bool", "torch", owned=True, column=column)
 
 
 def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadOptions) -> dict[str, torch.Tensor]:
-    """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and ``options``."""
-    shapes: list[tuple[np.ndarray, int, np.ndarray]] = []  # (lengths, width, mask) of the list columns so far
-    lengths_of: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
+    """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and ``options``.
+
+    List columns whose rows have the same lengths (``input_ids`` and ``labels``) share one mask.
+    """
+    shapes: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []  # (lengths, width, mask, ~mask) of list columns so far
+    lengths_of: dict[str, tuple[np.ndarray, int, np.ndarray, np.ndarray]] = {}
     out: dict[str, Any] = {}
     for name, rows in columns.items():
-        entry = plan.columns.get(name) or ColumnDtype(storage="bool" if rows.dtype.kind == "b" else rows.dtype.name)
+        spec = _column_spec(plan.columns.get(name), rows.dtype)
         if rows.starts is None:
-            out[name] = _served(rows.values, entry, options.widen, name)
+            out[name] = _served(rows.values, spec, options.widen, name)
             continue
         lengths = rows.lengths if options.max_length is None else np.minimum(rows.lengths, options.max_length)
-        shape = next((s for s in shapes if np.array_equal(s[0], lengths)), None)  # ids and labels share one mask
-        if shape is None:
+        for shape in shapes:
+            if shape[0] is lengths or (shape[0] == lengths).all():
+                break
+        else:
             width = options.width(lengths)
-            shape = (lengths, width, length_mask(lengths, width, options.padding_side))
+            mask = length_mask(lengths, width, options.padding_side)
+            shape = (lengths, width, mask, ~mask)
             shapes.append(shape)
         lengths_of[name] = shape
-        pad = entry.pad_value
-        dtype = rows.dtype if _pad_fits(pad, rows.dtype) else np.dtype(np.float64 if isinstance(pad, float) else np.int64)
-        if entry.storage == "bfloat16" and rows.dtype == np.uint16:
-            pad = int(float32_to_bfloat16_bits(np.array([pad], dtype=np.float32))[0])
-        padded = pad_rows(rows.values, rows.starts, lengths, width=shape[1], pad=pad, dtype=dtype, mask=shape[2],
-                          padding_side=options.padding_side, groups=rows.groups)
-        out[name] = _served(padded, entry, options.widen, name)
+        padded = pad_rows(rows.values, rows.starts, lengths, width=shape[1], pad=spec.pad, dtype=spec.work, mask=shape[2],
+                          padding_side=options.padding_side, groups=rows.groups, pad_cells=shape[3],
+                          windows=None if rows.windows is None else rows.windows(shape[1]))
+        out[name] = _served(padded, spec, options.widen, name)
+    batch = {}
     for name in names:
-        entry = plan.columns.get(name)
-        if name in out or entry is None or entry.derived is None or entry.lengths_from not in lengths_of:
+        if name in out:
+            batch[name] = out[name]
             continue
-        _, width, mask = lengths_of[entry.lengths_from]
-        values = mask if entry.derived == "ones" else np.zeros(mask.shape, dtype=bool)
-        out[name] = torch.from_numpy(values.copy()) if options.widen == "device" else _served(values.copy(), entry, "cpu", name)
-    batch = {name: out[name] for name in names if name in out}
+        entry = plan.columns.get(name)
+        if entry is not None and entry.derived is not None and entry.lengths_from in lengths_of:
+            mask = lengths_of[entry.lengths_from][2]
+            dtype = np.dtype(bool) if options.widen == "device" else numpy_dtype(entry.served_dtype)
+            values = mask.astype(dtype) if entry.derived == "ones" else np.zeros(mask.shape, dtype=dtype)
+            tensor = torch.from_numpy(values)
+            batch[name] = tensor.to(torch.bfloat16) if options.widen == "cpu" and entry.served_dtype == "bfloat16" else tensor
     if "labels" not in batch:
-        alias = next((alias for alias in LABEL_ALIASES if alias in batch), None)
-        if alias is not None:
-            batch["labels"] = batch.pop(alias)
+        for alias in LABEL_ALIASES:
+            if alias in batch:
+                batch["labels"] = batch.pop(alias)
+                break
     return batch
 
 

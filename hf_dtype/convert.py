@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import bfloat16_bits_to_float32, check_integers, integer_range, is_integer, to_torch
+from .dtypes import bfloat16_bits_to_float32, check_integers, dtype_name, integer_range, is_integer, to_torch
 
 __all__ = ["BACKENDS", "check_backend", "narrows", "numpy_dtype", "to_compute", "to_dtype", "widen_batch", "widen_tensor"]
 
@@ -58,7 +58,7 @@ def to_dtype(values: np.ndarray, target: str, backend: str = "torch", *, bits: b
         return torch.from_numpy(values if owned else values.copy()).view(torch.bfloat16)
     if bits:
         values, owned = bfloat16_bits_to_float32(values), True
-    if narrows(values.dtype.name, target):
+    if narrows(dtype_name(values.dtype), target):
         check_integers(values, target, column=column, row_of=row_of)
     values = values.astype(numpy_dtype(target), copy=not owned)
     if backend == "numpy":

@@ -19,6 +19,7 @@ __all__ = [
     "bfloat16_bits_to_float32",
     "canonical_dtype",
     "check_integers",
+    "dtype_name",
     "float32_to_bfloat16_bits",
     "integer_range",
     "is_float",
@@ -62,6 +63,12 @@ def canonical_dtype(dtype: Any) -> str:
     if name not in DTYPE_NAMES:
         raise ValueError(f"Unknown dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)} (or an alias such as 'fp16', 'bf16').")
     return name
+
+
+@functools.cache
+def dtype_name(dtype: np.dtype) -> str:
+    """The canonical name of numpy dtype ``dtype`` (cached: ``np.dtype.name`` is slow on a hot path)."""
+    return canonical_dtype(dtype)
 
 
 def is_integer(name: str | None) -> bool:

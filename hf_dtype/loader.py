@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -70,6 +70,15 @@ def batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str |
     return DtypePlan(entries), chosen
 
 
+class _Read(NamedTuple):
+    """How a fetcher reads one column: its view, its chunk layout's number, and the twin whose rows it shares, shifted."""
+
+    column: ArrowColumn
+    layout: int
+    twin: str | None = None
+    shift: np.ndarray | None = None
+
+
 class BatchFetcher:
     """The map-style dataset of a loader: ``__getitems__(indices)`` returns the whole padded batch.
 
@@ -82,7 +91,7 @@ class BatchFetcher:
         self.plan = plan
         self.columns = columns
         self.options = options
-        self._views: dict[str, tuple[ArrowColumn, int]] | None = None  # column view and its chunk layout's number
+        self._views: dict[str, _Read] | None = None
         self._mapping: ArrowColumn | None = None  # the indices mapping of shuffle / select / filter, if any
 
     def __getstate__(self) -> dict[str, Any]:
@@ -94,40 +103,48 @@ class BatchFetcher:
     def _build(self) -> dict[str, tuple[ArrowColumn, int]]:
         table = self.dataset.data.table
         sources = [self.plan[name].lengths_from for name in self.columns if name not in table.column_names]
-        views, layouts = {}, []
+        views: dict[str, _Read] = {}
         for name in dict.fromkeys([*(name for name in self.columns if name in table.column_names), *sources]):
             column = ArrowColumn(name, table.column(name))
-            layout = next((i for i, starts in enumerate(layouts) if np.array_equal(starts, column.starts)), None)
-            if layout is None:
-                layout, _ = len(layouts), layouts.append(column.starts)
-            views[name] = (column, layout)
+            layout = next((read.layout for read in views.values() if np.array_equal(read.column.starts, column.starts)), len(views))
+            twin = next(((leader, shift) for leader, read in views.items() if read.twin is None and read.column.is_list
+                         and column.is_list and (shift := column.shift_from(read.column)) is not None), (None, None))
+            views[name] = _Read(column, layout, *twin)
         if self.dataset._indices is not None:
             self._mapping = ArrowColumn("indices", self.dataset._indices.table.column(0))
+        self._size = len(self.dataset)
         return views
 
     def batch(self, indices: Sequence[int], options: PadOptions | None = None) -> dict[str, torch.Tensor]:
         """The padded batch of dataset rows ``indices``."""
         if self._views is None:
             self._views = self._build()
-        size = len(self.dataset)
-        rows = np.asarray(indices, dtype=np.int64)
-        if len(rows) and (rows.min() < 0 or rows.max() >= size):
-            bad = int(rows[(rows < 0) | (rows >= size)][0])
+        size = self._size
+        if len(indices) and (min(indices) < 0 or max(indices) >= size):
+            bad = next(int(i) for i in indices if not 0 <= i < size)
             raise IndexError(f"Row {bad} is out of range for a dataset of {size} rows.")
+        rows = np.asarray(indices, dtype=np.int64)
         if self._mapping is not None:
             rows = self._mapping.scalars(rows, self._mapping.locate(rows)).astype(np.int64)
         chunks: dict[int, np.ndarray | None] = {}
-        columns = {}
-        for name, (column, layout) in self._views.items():
-            if layout not in chunks:
-                chunks[layout] = column.locate(rows)
-            chunk = chunks[layout]
+        columns: dict[str, Rows] = {}
+        for name, read in self._views.items():
+            column = read.column
+            if read.layout not in chunks:
+                chunks[read.layout] = column.locate(rows)
+            chunk = chunks[read.layout]
             if not column.is_list:
                 columns[name] = Rows(column.scalars(rows, chunk), column.dtype)
                 continue
-            starts, lengths, groups = column.spans(rows, chunk)
+            if read.twin is not None:  # the rows of its twin, shifted: same lengths, one offsets read for both
+                twin = columns[read.twin]
+                starts = twin.starts + (read.shift[0] if chunk is None else read.shift[chunk])
+                lengths, groups = twin.lengths, twin.groups
+            else:
+                starts, lengths, groups = column.spans(rows, chunk)
             one_view = len(column.values.views) == 1 and not column.values.bits
-            columns[name] = Rows(column.values.views[0] if one_view else column.values.take, column.dtype, starts, lengths, groups)
+            columns[name] = Rows(column.values.views[0] if one_view else column.values.take, column.dtype, starts, lengths, groups,
+                                 column.windows if one_view else None)
         return assemble(columns, self.plan, self.columns, options or self.options)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
