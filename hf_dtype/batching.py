@@ -161,34 +161,39 @@ def _column_spec(entry: ColumnDtype | None, dtype: np.dtype) -> _Spec:
                  numpy_dtype(entry.served_dtype) if plain else None)
 
 
-def _served(values: np.ndarray, spec: _Spec, widen: str, column: str) -> torch.Tensor:
-    """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed)."""
+def _served(values: np.ndarray, spec: _Spec, widen: str, column: str, rows: Sequence[int | str]) -> torch.Tensor:
+    """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed);
+    ``rows`` name the batch's rows in a range error."""
     entry = spec.entry
-    if widen == "cpu":
-        if spec.compute is not None:
-            return torch.from_numpy(values.astype(spec.compute, copy=False))
-        return to_compute(values, entry, "torch", owned=True, column=column)
-    if spec.stored:
+    if widen == "cpu" and spec.compute is not None:
+        return torch.from_numpy(values.astype(spec.compute, copy=False))
+    if widen == "device" and spec.stored:
         return torch.from_numpy(values)
-    if entry.storage == "bfloat16" and values.dtype == np.uint16:
+    if widen == "device" and entry.storage == "bfloat16" and values.dtype == np.uint16:
         return torch.from_numpy(values).view(torch.bfloat16)
-    return to_dtype(values, entry.storage or "bool", "torch", owned=True, column=column)
+    width = values.shape[1] if values.ndim == 2 else 1
+    options = dict(owned=True, column=column, row_of=lambda i: rows[i // width])
+    if widen == "cpu":
+        return to_compute(values, entry, "torch", **options)
+    return to_dtype(values, entry.storage or "bool", "torch", storage=True, **options)
 
 
-def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadOptions) -> dict[str, torch.Tensor]:
+def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadOptions,
+             rows: Sequence[int | str]) -> dict[str, torch.Tensor]:
     """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and ``options``.
 
-    List columns whose rows have the same lengths (``input_ids`` and ``labels``) share one mask.
+    List columns whose rows have the same lengths (``input_ids`` and ``labels``) share one mask; ``rows``
+    name the batch's rows (dataset row numbers) in range errors.
     """
     shapes: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []  # (lengths, width, mask, ~mask) of list columns so far
     lengths_of: dict[str, tuple[np.ndarray, int, np.ndarray, np.ndarray]] = {}
     out: dict[str, Any] = {}
-    for name, rows in columns.items():
-        spec = _column_spec(plan.columns.get(name), rows.dtype)
-        if rows.starts is None:
-            out[name] = _served(rows.values, spec, options.widen, name)
+    for name, column in columns.items():
+        spec = _column_spec(plan.columns.get(name), column.dtype)
+        if column.starts is None:
+            out[name] = _served(column.values, spec, options.widen, name, rows)
             continue
-        lengths = rows.lengths if options.max_length is None else np.minimum(rows.lengths, options.max_length)
+        lengths = column.lengths if options.max_length is None else np.minimum(column.lengths, options.max_length)
         for shape in shapes:
             if shape[0] is lengths or (shape[0] == lengths).all():
                 break
@@ -198,10 +203,10 @@ def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str],
             shape = (lengths, width, mask, ~mask)
             shapes.append(shape)
         lengths_of[name] = shape
-        padded = pad_rows(rows.values, rows.starts, lengths, width=shape[1], pad=spec.pad, dtype=spec.work, mask=shape[2],
-                          padding_side=options.padding_side, groups=rows.groups, pad_cells=shape[3],
-                          windows=None if rows.windows is None else rows.windows(shape[1]))
-        out[name] = _served(padded, spec, options.widen, name)
+        padded = pad_rows(column.values, column.starts, lengths, width=shape[1], pad=spec.pad, dtype=spec.work, mask=shape[2],
+                          padding_side=options.padding_side, groups=column.groups, pad_cells=shape[3],
+                          windows=None if column.windows is None else column.windows(shape[1]))
+        out[name] = _served(padded, spec, options.widen, name, rows)
     batch = {}
     for name in names:
         if name in out:
@@ -291,7 +296,8 @@ def pad_batch(rows: Sequence[Mapping[str, Any]], plan: DtypePlan | Mapping, *, p
             columns[name] = _rows_of(name, values)
     sequences = [name for name, column in columns.items() if column.starts is not None]
     plan = plan.resolve(sequences)
-    batch = assemble(columns, plan, [*names, *(name for name in plan.derived if name not in names)], options)
+    names = [*names, *(name for name in plan.derived if name not in names)]
+    batch = assemble(columns, plan, names, options, [f"{i} of the batch" for i in range(len(rows))])
     return {**batch, **text}
 
 

@@ -45,12 +45,13 @@ def check_backend(backend: str) -> str:
 
 
 def to_dtype(values: np.ndarray, target: str, backend: str = "torch", *, bits: bool = False, owned: bool = False,
-             column: str = "?", row_of: Callable[[int], int] | None = None) -> Any:
+             column: str = "?", row_of: Callable[[int], int | str] | None = None, storage: bool = False) -> Any:
     """``values`` in dtype ``target``, as a numpy array or a torch tensor; ``bits``: they are bfloat16 bit patterns.
 
     ``owned`` says the caller made ``values`` itself (a padded batch); otherwise they may alias the
     dataset and are copied where the cast would not already make new memory. A target that holds
-    fewer integers than ``values``' dtype is range-checked first.
+    fewer integers than ``values``' dtype is range-checked first (``storage``: the target is a storage
+    dtype, which the error's hint then names; else a compute dtype).
     """
     if bits and target == "bfloat16" and backend == "torch":
         import torch
@@ -59,7 +60,7 @@ def to_dtype(values: np.ndarray, target: str, backend: str = "torch", *, bits: b
     if bits:
         values, owned = bfloat16_bits_to_float32(values), True
     if narrows(dtype_name(values.dtype), target):
-        check_integers(values, target, column=column, row_of=row_of)
+        check_integers(values, target, column=column, row_of=row_of, compute=not storage)
     values = values.astype(numpy_dtype(target), copy=not owned)
     if backend == "numpy":
         return values
@@ -85,7 +86,8 @@ def widen_tensor(tensor: Any, entry: Any, *, non_blocking: bool = False, column:
     if tensor.dtype == target:
         return tensor
     if narrows(str(tensor.dtype).removeprefix("torch."), entry.served_dtype):
-        check_integers(tensor, entry.served_dtype, column=column)
+        width = tensor.shape[-1] if tensor.ndim > 1 else 1
+        check_integers(tensor, entry.served_dtype, column=column, row_of=lambda i: f"{i // width} of the batch", compute=True)
     return tensor.to(target, non_blocking=non_blocking)
 
 

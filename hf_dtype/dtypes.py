@@ -157,12 +157,13 @@ def _extremes(values: Any) -> tuple[int, int]:
     return int(values.min()), int(values.max())
 
 
-def check_integers(values: Any, target: str, *, column: str, row_of: Callable[[int], int] | None = None,
-                   pad: int | None = None) -> None:
+def check_integers(values: Any, target: str, *, column: str, row_of: Callable[[int], int | str] | None = None,
+                   pad: int | None = None, compute: bool = False) -> None:
     """Raise :class:`LossyCastError` when an integer of ``values`` (numpy or torch) lies outside ``target``'s range.
 
     The message names the column, the row (``row_of`` maps a flat position to it), the value, the
-    range, and the narrowest dtype that holds every value (and ``pad``) where there is one.
+    range, and the narrowest dtype that holds every value (and ``pad``) where there is one: for a
+    ``compute`` dtype a signed one, since torch computes in signed integers.
     """
     size = values.numel() if hasattr(values, "numel") else values.size
     if not size:
@@ -175,10 +176,10 @@ def check_integers(values: Any, target: str, *, column: str, row_of: Callable[[i
     where = int(np.argmax((flat < low) | (flat > high)))  # the first value out of range, in row order
     bad = int(flat[where])
     row = f", row {row_of(where)}" if row_of is not None else ""
-    extremes = [smallest, largest] + ([int(pad)] if pad is not None else [])
+    extremes = [smallest, largest] + ([int(pad)] if pad is not None else []) + ([-1] if compute else [])
     try:
         hint = f"{smallest_integer_dtype(min(extremes), max(extremes))} holds every value of this batch"
     except OverflowError:
-        hint = "no integer dtype holds it"
+        hint = "no compute dtype of torch holds it" if compute else "no integer dtype holds it"
     signed = " (-100 and other negative values need a signed dtype)" if bad < 0 <= low else ""
     raise LossyCastError(f"Column {column!r}{row}: value {bad} does not fit {target}, which holds [{low}, {high}]{signed}; {hint}.")

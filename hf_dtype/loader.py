@@ -145,7 +145,7 @@ class BatchFetcher:
             one_view = len(column.values.views) == 1 and not column.values.bits
             columns[name] = Rows(column.values.views[0] if one_view else column.values.take, column.dtype, starts, lengths, groups,
                                  column.windows if one_view else None)
-        return assemble(columns, self.plan, self.columns, options or self.options)
+        return assemble(columns, self.plan, self.columns, options or self.options, indices)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return self.batch(indices)

@@ -210,14 +210,16 @@ class DtypePlan(Mapping[str, ColumnDtype]):
     def from_json(cls, text_or_path: str | PathLike) -> DtypePlan:
         """Read a plan from a JSON file, or from a JSON string (an object of column entries)."""
         text = str(text_or_path)
-        if isinstance(text_or_path, PathLike) or not text.lstrip().startswith(("{", "[")):
-            if not os.path.isfile(text_or_path):
-                raise FileNotFoundError(f"Plan file {text!r} does not exist; expected a JSON file (or a JSON string of column entries).")
-            with open(text_or_path, encoding="utf-8") as file:
+        is_file = os.path.isfile(text)
+        if is_file:
+            with open(text, encoding="utf-8") as file:
                 text = file.read()
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as error:
+            if not is_file and (isinstance(text_or_path, PathLike) or not text.lstrip().startswith(("{", "["))):
+                raise FileNotFoundError(f"Plan file {text!r} does not exist; expected a JSON file "
+                                        "(or a JSON string of column entries).") from None
             raise ValueError(f"A plan must be a JSON object of column entries: {error}.") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"A plan must be a JSON object of column entries, e.g. {{\"input_ids\": \"uint16\"}}; "

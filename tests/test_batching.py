@@ -484,3 +484,49 @@ def test_collator_bad_arguments(compacted):
         hd.PaddingCollator(hd.plan_of(compacted), widen="gpu")
     with pytest.raises(ValueError, match=r"Row 1 has no 'labels'"):
         pad_batch([{"input_ids": [1], "labels": [0]}, {"input_ids": [2]}], hd.plan_of(compacted))
+
+
+# --- labels reach the loss ---------------------------------------------------------------------
+
+
+def test_a_label_column_reaches_the_loss_as_labels(bert_tokenizer):
+    """SST-2 has ``label`` (a ClassLabel on the Hub): batches call it ``labels``, as DataCollatorWithPadding does."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    words, _ = _sentences(6, seed=5)
+    raw = datasets.Dataset.from_dict({"sentence": [" ".join(w) for w in words], "label": [0, 1, 1, 0, 1, 0]},
+                                      features=datasets.Features({"sentence": datasets.Value("string"),
+                                                                  "label": datasets.ClassLabel(names=["negative", "positive"])}))
+    encoded = raw.map(lambda batch: bert_tokenizer(batch["sentence"], truncation=True), batched=True, remove_columns=["sentence"])
+    small = hd.compact(encoded)
+    loader = hd.dataloader(small, 6, pad_to_multiple_of=8)
+    batch = loader.plan.widen(next(iter(loader)))
+    assert "label" not in batch and batch["labels"].tolist() == [0, 1, 1, 0, 1, 0] and batch["labels"].dtype == torch.int64
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                                                     vocab_size=bert_tokenizer.vocab_size, num_labels=2))
+    assert model(**batch).loss is not None
+    reference = DataCollatorWithPadding(bert_tokenizer, pad_to_multiple_of=8)([encoded[i] for i in range(6)])
+    _assert_batches_equal(loader.plan.widen(next(iter(loader))), reference)
+    _assert_batches_equal(hd.PaddingCollator(hd.plan_of(small), pad_to_multiple_of=8)([encoded[i] for i in range(6)]), reference)
+
+
+# --- long rows ----------------------------------------------------------------------------------
+
+
+def test_a_long_context_batch_costs_memory_in_proportion_to_the_batch():
+    """Width 32,768: the batch is 4 x 32,768 cells; a mask table per width would be 32,768 x 32,768 bools (1 GiB)."""
+    import tracemalloc
+
+    lengths = [32768, 100, 20000, 32768]
+    rng = np.random.default_rng(0)
+    raw = datasets.Dataset.from_dict({"input_ids": [rng.integers(0, 50000, n).tolist() for n in lengths]})
+    small = hd.compact(raw, {"input_ids": {"storage": "uint16", "pad": 0}, "attention_mask": {"derived": "ones"}})
+    for widen in ("device", "cpu"):
+        loader = hd.dataloader(small, 4, widen=widen)
+        tracemalloc.start()
+        batch = next(iter(loader))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert batch["input_ids"].shape == (4, 32768) and batch["attention_mask"].sum(dim=1).tolist() == lengths
+        assert peak < 40 * 4 * 32768  # a few batch-sized arrays of at most 8 bytes a cell

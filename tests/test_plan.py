@@ -138,3 +138,62 @@ def test_infer_plan_columns_argument(tokenized):
     assert list(hd.infer_plan(tokenized, columns=["labels"])) == ["labels"]
     with pytest.raises(ValueError, match=r"Cannot plan column\(s\) \['tokens'\]"):
         hd.infer_plan(tokenized, columns=["tokens"])
+
+
+# --- bad plan files: the key that is wrong, and what was expected --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[1, 2]", r"A plan must be a JSON object of column entries, e.g. .*; got a JSON list"),
+        ('"uint16"', r"got a JSON str"),
+        ('{"x": {"storage": "uint8", "pad": "0"}}', r"Column 'x': pad must be a number \(e.g. 0 or -100\); got '0' \(str\)"),
+        ('{"x": {"storage": "uint8", "pad": true}}', r"Column 'x': pad must be a number"),
+        ('{"x": {"storage": 16}}', r"Column 'x': Unknown dtype 16"),
+        ('{"x": [1, 2]}', r"Column 'x': Unknown dtype \[1, 2\]"),
+        ('{"x": {"derived": "ones", "lengths_from": 3}}', r"Column 'x': lengths_from must be a column name; got 3"),
+        ('{"x": {"storage": "int8", "names": "neg"}}', r"Column 'x': names must be a list of label names"),
+        ('{"x": {"storage": "float32", "names": ["a"]}}', r"Column 'x': Label names need an integer storage dtype"),
+    ],
+)
+def test_plan_files_of_the_wrong_shape_say_which_key_is_wrong(text, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        DtypePlan.from_json(text)
+    path = tmp_path / "plan.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        DtypePlan.from_json(path)
+
+
+def test_infer_plan_refuses_what_is_not_a_dataset():
+    with pytest.raises(TypeError, match=r"infer_plan takes a datasets\.Dataset or DatasetDict; got list"):
+        hd.infer_plan([1, 2])
+
+
+# --- inference at the ends of the ranges ----------------------------------------------------------
+
+
+def test_bfloat16_is_proposed_only_where_the_rounding_keeps_every_value_finite():
+    """bfloat16's largest finite value is 3.3895e38; 3.39e38 rounds down to it, 3.4e38 rounds up to inf."""
+    fits = datasets.Dataset.from_dict({"x": [3.39e38, -1.0]}, features=datasets.Features({"x": datasets.Value("float32")}))
+    over = datasets.Dataset.from_dict({"x": [3.4e38, -1.0]}, features=datasets.Features({"x": datasets.Value("float32")}))
+    assert hd.infer_plan(fits, floats="bfloat16")["x"].storage == "bfloat16"
+    assert hd.infer_plan(over, floats="bfloat16")["x"].storage == "float32"
+    hd.compact(fits, hd.infer_plan(fits, floats="bfloat16"))  # what is proposed compacts
+    hd.compact(over, hd.infer_plan(over, floats="bfloat16"))
+    half = datasets.Dataset.from_dict({"x": [65519.0, 65520.0]})
+    assert hd.infer_plan(half.select([0]), floats="float16")["x"].storage == "float16"  # 65519 rounds to 65504
+    assert hd.infer_plan(half, floats="float16")["x"].storage == "float64"  # 65520 rounds to inf
+
+
+def test_class_label_columns_are_planned_with_their_names():
+    names = ["negative", "positive"]
+    ds = datasets.Dataset.from_dict({"label": [0, 1, 1], "tags": [[0, 2], [1], []]}, features=datasets.Features({
+        "label": datasets.ClassLabel(names=names),
+        "tags": datasets.List(datasets.ClassLabel(names=[f"t{i}" for i in range(200)])),
+    }))
+    plan = hd.infer_plan(ds)
+    assert plan["label"] == ColumnDtype(storage="int8", compute="int64", names=tuple(names))
+    assert plan["tags"] == ColumnDtype(storage="int16", compute="int64", pad=-100, names=tuple(f"t{i}" for i in range(200)))
+    assert "2 label names" in str(plan)

@@ -233,3 +233,30 @@ def test_nested_lists_keep_their_shape():
 def test_compact_rejects_other_types():
     with pytest.raises(TypeError, match=r"takes a datasets\.Dataset or DatasetDict; got list"):
         hd.compact([1, 2])
+
+
+# --- ClassLabel names and the options of compact(plan=None) ---------------------------------------
+
+
+def _sst2_like() -> datasets.Dataset:
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    return datasets.Dataset.from_dict({"input_ids": [[101, 5, 102], [101, 102]], "label": [1, 0]}, features=features)
+
+
+@pytest.mark.parametrize("operation", ["save_to_disk", "to_parquet"])
+def test_class_label_names_survive_compact_and_saving(operation, tmp_path):
+    small = hd.compact(_sst2_like())
+    assert small.data.schema.field("label").type == pa.int8()
+    out = ROUND_TRIPS[operation](small, tmp_path)
+    assert hd.plan_of(out)["label"].names == ("neg", "pos")
+    back = hd.compact(out, hd.plan_of(out).update({"label": {"storage": "int64", "names": ["neg", "pos"]}}))
+    assert back.features["label"] == datasets.ClassLabel(names=["neg", "pos"], id=back.features["label"].id)  # a ClassLabel again
+
+
+def test_an_explicit_plan_keeps_class_label_names():
+    small = hd.compact(_sst2_like(), {"input_ids": "uint16", "label": "int8"})
+    assert hd.plan_of(small)["label"].names == ("neg", "pos")
+
+
+def test_compact_without_a_plan_forwards_pad_token_id(tokenized):
+    assert hd.plan_of(hd.compact(tokenized, pad_token_id=7))["input_ids"].pad == 7
