@@ -23,7 +23,10 @@ from .convert import narrows, numpy_dtype, to_compute, to_dtype
 from .dtypes import dtype_name, float32_to_bfloat16_bits, integer_range, to_torch
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan, as_plan
 
-__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "PaddingCollator", "Rows", "assemble", "length_mask", "pad_batch", "pad_rows"]
+__all__ = [
+    "PADDING_SIDES", "WIDEN_MODES", "PadOptions", "PaddingCollator", "Rows", "Spec", "assemble", "column_spec", "length_mask",
+    "pad_batch", "pad_rows", "served",
+]
 
 PADDING_SIDES = ("right", "left")
 WIDEN_MODES = ("device", "cpu")
@@ -135,7 +138,7 @@ class Rows:
     windows: Callable[[int], np.ndarray | None] | None = None
 
 
-class _Spec(NamedTuple):
+class Spec(NamedTuple):
     """How one column of a batch is padded and served."""
 
     entry: ColumnDtype
@@ -146,22 +149,22 @@ class _Spec(NamedTuple):
 
 
 @functools.cache
-def _column_spec(entry: ColumnDtype | None, dtype: np.dtype) -> _Spec:
+def column_spec(entry: ColumnDtype | None, dtype: np.dtype) -> Spec:
     """The spec of a column read in ``dtype``: padded in that dtype where it holds the pad; an unplanned column is served
     as ``torch.tensor`` would serve it."""
     entry = entry or ColumnDtype(storage=dtype_name(dtype))
     pad = entry.pad_value
     if entry.storage == "bfloat16" and dtype == np.uint16:
-        return _Spec(entry, float32_to_bfloat16_bits(np.array([pad], dtype=np.float32)).reshape(()), dtype, False, None)
+        return Spec(entry, float32_to_bfloat16_bits(np.array([pad], dtype=np.float32)).reshape(()), dtype, False, None)
     low, high = integer_range(dtype_name(dtype)) if dtype.kind != "f" else (-np.inf, np.inf)
     fits = dtype.kind == "f" or (float(pad).is_integer() and low <= pad <= high)
     work = dtype if fits else np.dtype(np.float64 if isinstance(pad, float) else np.int64)
     plain = entry.served_dtype != "bfloat16" and not narrows(dtype_name(work), entry.served_dtype)
-    return _Spec(entry, np.asarray(pad).astype(work), work, dtype_name(work) == entry.storage,
+    return Spec(entry, np.asarray(pad).astype(work), work, dtype_name(work) == entry.storage,
                  numpy_dtype(entry.served_dtype) if plain else None)
 
 
-def _served(values: np.ndarray, spec: _Spec, widen: str, column: str, rows: Sequence[int | str]) -> torch.Tensor:
+def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequence[int | str]) -> torch.Tensor:
     """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed);
     ``rows`` name the batch's rows in a range error."""
     entry = spec.entry
@@ -189,9 +192,9 @@ def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str],
     lengths_of: dict[str, tuple[np.ndarray, int, np.ndarray, np.ndarray]] = {}
     out: dict[str, Any] = {}
     for name, column in columns.items():
-        spec = _column_spec(plan.columns.get(name), column.dtype)
+        spec = column_spec(plan.columns.get(name), column.dtype)
         if column.starts is None:
-            out[name] = _served(column.values, spec, options.widen, name, rows)
+            out[name] = served(column.values, spec, options.widen, name, rows)
             continue
         lengths = column.lengths if options.max_length is None else np.minimum(column.lengths, options.max_length)
         for shape in shapes:
@@ -206,7 +209,7 @@ def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str],
         padded = pad_rows(column.values, column.starts, lengths, width=shape[1], pad=spec.pad, dtype=spec.work, mask=shape[2],
                           padding_side=options.padding_side, groups=column.groups, pad_cells=shape[3],
                           windows=None if column.windows is None else column.windows(shape[1]))
-        out[name] = _served(padded, spec, options.widen, name, rows)
+        out[name] = served(padded, spec, options.widen, name, rows)
     batch = {}
     for name in names:
         if name in out:

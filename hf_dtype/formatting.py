@@ -23,12 +23,9 @@ from .arrow import flatten_leaf, leaf_row, list_depth
 from .convert import check_backend, numpy_dtype, to_compute
 from .dtypes import is_float, to_torch
 from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan, as_plan
-from .recording import plan_of_features
+from .recording import NO_PLAN, plan_of_features
 
-__all__ = ["DtypeTransform", "HfDtypeFormatter", "NO_PLAN"]
-
-NO_PLAN = ("The dataset carries no dtype plan: compact it first (hd.compact), pass plan= to Dataset.with_format, or use "
-           "with_transform(hd.DtypeTransform(plan)), which takes a plan on any dataset, streams included.")
+__all__ = ["DtypeTransform", "HfDtypeFormatter"]
 
 
 def _nest(values: Any, levels: Sequence[np.ndarray]) -> Any:

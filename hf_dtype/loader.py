@@ -1,9 +1,9 @@
-"""``dataloader``: a ``torch.utils.data.DataLoader`` of padded batches gathered straight from the Arrow buffers.
+"""``dataloader``: a ``torch.utils.data.DataLoader`` of batches gathered straight from the Arrow buffers.
 
 Its shape is the one ``accelerate`` shards in one process and in many (accelerate issue 2392): a
-``BatchSampler`` (``EpochBatchSampler``) over an ``EpochSampler`` picks the row indices,
-``BatchFetcher.__getitems__`` makes the whole padded batch from them, and the ``collate_fn``
-passes it through.
+``BatchSampler`` (``EpochBatchSampler``) over an ``EpochSampler`` picks the row (or block)
+indices, the fetcher's ``__getitems__`` makes the whole batch from them (``fetch.py``: padded,
+flat or blocks), and the ``collate_fn`` passes it through.
 
 Order: ``shuffle=True`` draws a permutation from a ``torch.Generator`` seeded with ``seed + epoch``,
 so a seed and an epoch give the same order on every process. Each pass advances the epoch by one;
@@ -16,144 +16,24 @@ global random generator (the loader has its own), so dropout is the same whether
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from .arrow import ArrowColumn, arrow_leaf_dtype, list_depth
-from .batching import PadOptions, Rows, assemble
-from .formatting import NO_PLAN
-from .plan import ColumnDtype, DtypePlan, as_plan
-from .recording import plan_of
+from .arrow import arrow_leaf_dtype, list_depth
+from .batching import PadOptions
+from .fetch import BatchFetcher, BlockFetcher, Flat, Padded, batch_plan
+from .packing import PACKINGS, check_separator, packed_plan
+from .plan import DtypePlan, as_plan
+from .recording import NO_PLAN, plan_of
 
-__all__ = ["BatchFetcher", "EpochBatchSampler", "EpochSampler", "PaddedDataLoader", "dataloader"]
+__all__ = ["ArrowDataLoader", "EpochBatchSampler", "EpochSampler", "dataloader"]
 
 _SET_BY_DATALOADER = ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last", "dataset")
-
-
-def batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
-    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
-
-    By default every planned column that the dataset holds, and every derived column whose source
-    it holds, is batched; columns outside the plan are left out.
-    """
-    schema = dataset.data.table.schema
-    depth = {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
-    plan = plan.resolve([name for name, d in depth.items() if d == 1])
-    derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
-    if columns is None:
-        chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
-    else:
-        chosen = [columns] if isinstance(columns, str) else list(columns)
-        unknown = [name for name in chosen if name not in schema.names and name not in derived]
-        if unknown:
-            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
-                             f"or derived columns of the plan {sorted(derived)}.")
-    entries = dict(plan.columns)
-    for name in chosen:
-        if name in derived:
-            source = derived[name].lengths_from
-            if depth.get(source) != 1:
-                what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
-                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
-        elif depth.get(name) not in (0, 1):
-            what = "lists of lists" if name in depth else f"{schema.field(name).type} values"
-            hint = "" if columns is not None else "; leave it out with columns=[...]"
-            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
-        elif name not in entries:
-            entries[name] = ColumnDtype(storage=arrow_leaf_dtype(schema.field(name).type))
-    return DtypePlan(entries), chosen
-
-
-class _Read(NamedTuple):
-    """How a fetcher reads one column: its view, its chunk layout's number, and the twin whose rows it shares, shifted."""
-
-    column: ArrowColumn
-    layout: int
-    twin: str | None = None
-    shift: np.ndarray | None = None
-
-
-class BatchFetcher:
-    """The map-style dataset of a loader: ``__getitems__(indices)`` returns the whole padded batch.
-
-    It holds the ``datasets.Dataset`` (which pickles by file path when memory-mapped) and builds its
-    numpy views of the Arrow buffers lazily in each process, so it goes to spawned workers as is.
-    """
-
-    def __init__(self, dataset: Dataset, plan: DtypePlan, columns: list[str], options: PadOptions) -> None:
-        self.dataset = dataset
-        self.plan = plan
-        self.columns = columns
-        self.options = options
-        self._views: dict[str, _Read] | None = None
-        self._mapping: ArrowColumn | None = None  # the indices mapping of shuffle / select / filter, if any
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_views": None, "_mapping": None}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _build(self) -> dict[str, tuple[ArrowColumn, int]]:
-        table = self.dataset.data.table
-        sources = [self.plan[name].lengths_from for name in self.columns if name not in table.column_names]
-        views: dict[str, _Read] = {}
-        for name in dict.fromkeys([*(name for name in self.columns if name in table.column_names), *sources]):
-            column = ArrowColumn(name, table.column(name))
-            layout = next((read.layout for read in views.values() if np.array_equal(read.column.starts, column.starts)), len(views))
-            twin = next(((leader, shift) for leader, read in views.items() if read.twin is None and read.column.is_list
-                         and column.is_list and (shift := column.shift_from(read.column)) is not None), (None, None))
-            views[name] = _Read(column, layout, *twin)
-        if self.dataset._indices is not None:
-            self._mapping = ArrowColumn("indices", self.dataset._indices.table.column(0))
-        self._size = len(self.dataset)
-        return views
-
-    def batch(self, indices: Sequence[int], options: PadOptions | None = None) -> dict[str, torch.Tensor]:
-        """The padded batch of dataset rows ``indices``."""
-        if self._views is None:
-            self._views = self._build()
-        size = self._size
-        if len(indices) and (min(indices) < 0 or max(indices) >= size):
-            bad = next(int(i) for i in indices if not 0 <= i < size)
-            raise IndexError(f"Row {bad} is out of range for a dataset of {size} rows.")
-        rows = np.asarray(indices, dtype=np.int64)
-        if self._mapping is not None:
-            rows = self._mapping.scalars(rows, self._mapping.locate(rows)).astype(np.int64)
-        chunks: dict[int, np.ndarray | None] = {}
-        columns: dict[str, Rows] = {}
-        for name, read in self._views.items():
-            column = read.column
-            if read.layout not in chunks:
-                chunks[read.layout] = column.locate(rows)
-            chunk = chunks[read.layout]
-            if not column.is_list:
-                columns[name] = Rows(column.scalars(rows, chunk), column.dtype)
-                continue
-            if read.twin is not None:  # the rows of its twin, shifted: same lengths, one offsets read for both
-                twin = columns[read.twin]
-                starts = twin.starts + (read.shift[0] if chunk is None else read.shift[chunk])
-                lengths, groups = twin.lengths, twin.groups
-            else:
-                starts, lengths, groups = column.spans(rows, chunk)
-            one_view = len(column.values.views) == 1 and not column.values.bits
-            columns[name] = Rows(column.values.views[0] if one_view else column.values.take, column.dtype, starts, lengths, groups,
-                                 column.windows if one_view else None)
-        return assemble(columns, self.plan, self.columns, options or self.options, indices)
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        return self.batch(indices)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        """Row ``index``, unpadded: a batch of one, without its batch dimension."""
-        options = dataclasses.replace(self.options, pad_to_multiple_of=None)
-        return {name: value[0] for name, value in self.batch([index], options).items()}
 
 
 class EpochSampler(Sampler[int]):
@@ -228,8 +108,8 @@ def _accelerate_loader_over(batch_sampler: BatchSampler) -> Any:
     return None
 
 
-class PaddedDataLoader(DataLoader):
-    """A ``DataLoader`` of padded batches with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves."""
+class ArrowDataLoader(DataLoader):
+    """A ``DataLoader`` of batches gathered from Arrow, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves."""
 
     def set_epoch(self, epoch: int) -> None:
         """Use the row order of ``epoch`` (the permutation of ``seed + epoch``) for the next pass."""
@@ -261,6 +141,20 @@ def _check_int(name: str, value: Any, *, positive: bool) -> None:
         raise ValueError(f"{name} must be {'a positive integer' if positive else 'an integer'}; got {value!r}.")
 
 
+def _packed_columns(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None, packing: str) -> tuple[str, str | None]:
+    """The token column of a packed loader and its label column (token classification), checked."""
+    schema = dataset.data.table.schema
+    lists = [field.name for field in schema if list_depth(field.type) == 1 and arrow_leaf_dtype(field.type) is not None]
+    names = [columns] if isinstance(columns, str) else list(columns or [])
+    token = names[0] if names else "input_ids"
+    labels = names[1] if len(names) > 1 else (None if names else next((n for n in ("labels", "label_ids") if n in lists), None))
+    for name in (token, labels):
+        if name is not None and name not in lists:
+            raise ValueError(f"packing={packing!r} needs list columns of numbers: {name!r} is not one; the dataset's list columns "
+                             f"are {lists} (name the token column, and the label column if any, with columns=).")
+    return token, labels
+
+
 def dataloader(
     dataset: Dataset,
     batch_size: int,
@@ -276,31 +170,41 @@ def dataloader(
     widen: str = "device",
     plan: DtypePlan | Mapping | None = None,
     columns: Sequence[str] | str | None = None,
+    packing: str | None = None,
+    block_size: int | None = None,
+    separator: int | None = None,
+    document_positions: bool = False,
+    flash_attn_kwargs: bool = False,
     **dataloader_kwargs: Any,
-) -> PaddedDataLoader:
-    """A ``DataLoader`` of padded batches of ``dataset``, gathered from its Arrow buffers, vectorized.
+) -> ArrowDataLoader:
+    """A ``DataLoader`` of batches of ``dataset`` gathered from its Arrow buffers, vectorized: padded, packed or flat.
 
     Args:
         dataset: a ``datasets.Dataset``, usually compacted; ``shuffle`` / ``select`` / ``filter``
             views and memory-mapped, multi-file datasets are read in place, never copied.
-        batch_size: rows per batch.
+        batch_size: rows (blocks, for ``packing="blocks"``) per batch.
         shuffle, drop_last: as in ``DataLoader``; the order is the permutation of ``seed + epoch``.
-        seed: the seed of the row order (the same on every process).
+        seed: the seed of the order (the same on every process).
         num_workers, pin_memory: as in ``DataLoader``.
-        pad_to_multiple_of: round each batch's padded width up to a multiple of this.
-        max_length: keep at most the first ``max_length`` values of each row.
-        padding_side: ``"right"`` or ``"left"``.
-        widen: ``"device"`` serves the storage dtypes (call ``plan.widen(batch)`` after moving the
-            batch to the device), ``"cpu"`` the compute dtypes.
+        pad_to_multiple_of, max_length, padding_side: how padded batches are padded (``packing=None``).
+        widen: ``"device"`` serves the storage dtypes (call ``loader.plan.widen(batch)`` after moving
+            the batch to the device), ``"cpu"`` the compute dtypes.
         plan: the dtype plan; ``None`` reads the one ``compact`` recorded in ``dataset``.
-        columns: the columns to batch; ``None`` batches every planned column that is present or
-            derived. Unplanned numeric columns (e.g. a row id) may be named too.
+        columns: padded batches: the columns to batch (default: every planned column present or
+            derived). Packed batches: the token column, and the label column of token
+            classification (default: ``input_ids``, and ``labels`` if the dataset has it).
+        packing: ``None`` (padded rows), ``"blocks"`` (``block_size`` tokens of the rows laid end to
+            end, as ``run_clm.py``'s ``group_texts``) or ``"flat"`` (each batch as one row, as
+            ``DataCollatorWithFlattening``). Packed batches need ``model.config.use_cache = False``.
+        block_size, separator, document_positions: for ``"blocks"``: the block length, a token id
+            appended after each row, and ``position_ids`` that restart at every row start.
+        flash_attn_kwargs: for ``"flat"``: add ``cu_seq_lens_q/k`` and ``max_length_q/k``.
         **dataloader_kwargs: passed on to ``DataLoader`` (``multiprocessing_context``,
             ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ``generator``, ...).
 
     Returns:
-        A ``PaddedDataLoader``; each batch is a dict of tensors, sequences ``(batch, width)`` and
-        numbers ``(batch,)``, with ``label`` / ``label_ids`` renamed ``labels``.
+        An ``ArrowDataLoader``; each batch is a dict of tensors (padded: ``(batch, width)`` and
+        ``(batch,)``, with ``label`` / ``label_ids`` renamed ``labels``).
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataloader takes a datasets.Dataset (one split); got {type(dataset).__name__}.")
@@ -313,11 +217,11 @@ def dataloader(
     plan = as_plan(plan) or plan_of(dataset)
     if plan is None:
         raise ValueError(NO_PLAN.replace("Dataset.with_format", "dataloader"))
-    served_plan, served_columns = batch_plan(dataset, plan, columns)
+    fetcher = _fetcher(dataset, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs)
     dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
-    return PaddedDataLoader(
-        BatchFetcher(dataset, served_plan, served_columns, options),
-        batch_sampler=EpochBatchSampler(EpochSampler(len(dataset), shuffle=bool(shuffle), seed=int(seed)), batch_size, drop_last),
+    return ArrowDataLoader(
+        fetcher,
+        batch_sampler=EpochBatchSampler(EpochSampler(len(fetcher), shuffle=bool(shuffle), seed=int(seed)), batch_size, drop_last),
         collate_fn=_passthrough,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -325,6 +229,39 @@ def dataloader(
     )
 
 
+def _fetcher(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None, options: PadOptions, packing: str | None,
+             block_size: int | None, separator: int | None, document_positions: bool,
+             flash_attn_kwargs: bool) -> BatchFetcher | BlockFetcher:
+    """The map-style dataset of the loader: the layout's fetcher, its options checked."""
+    if packing not in (None, *PACKINGS):
+        raise ValueError(f"packing must be None (padded rows), 'blocks' or 'flat'; got {packing!r}.")
+    given = {"block_size": block_size is not None, "separator": separator is not None, "document_positions": document_positions}
+    misplaced = [name for name, used in given.items() if used and packing != "blocks"]
+    misplaced += ["flash_attn_kwargs"] if flash_attn_kwargs and packing != "flat" else []
+    misplaced += [name for name in ("pad_to_multiple_of", "max_length") if packing and getattr(options, name) is not None]
+    if misplaced:
+        raise ValueError(f"{misplaced} do not apply to packing={packing!r}: block_size, separator and document_positions are for "
+                         "'blocks', flash_attn_kwargs for 'flat', pad_to_multiple_of and max_length for padded batches (None).")
+    if packing is None:
+        served_plan, names = batch_plan(dataset, plan, columns)
+        sources = [served_plan[name].lengths_from for name in names if name not in dataset.column_names]
+        return BatchFetcher(dataset, [*(n for n in names if n in dataset.column_names), *sources], Padded(served_plan, names, options))
+    token, labels = _packed_columns(dataset, plan, columns, packing)
+    plan, _ = batch_plan(dataset, plan, [token] + ([labels] if labels else []))
+    if packing == "flat":
+        layout = Flat(packed_plan(plan, token, labels, positions=None), token, labels, options.widen, bool(flash_attn_kwargs))
+        return BatchFetcher(dataset, [token] + ([labels] if labels else []), layout)
+    _check_int("block_size", block_size, positive=True)
+    check_separator(separator, plan[token], token)
+    fetcher = BlockFetcher(dataset, packed_plan(plan, token, labels, positions=block_size - 1), token=token, labels=labels,
+                           block_size=block_size, separator=separator, widen=options.widen, document_positions=bool(document_positions))
+    if fetcher.num_blocks == 0:
+        tokens = int(fetcher._stream()[0].stream[-1])
+        raise ValueError(f"block_size {block_size} is larger than the token stream of {token!r} ({tokens} tokens over {len(dataset)} "
+                         f"rows): no block can be made; expected a block_size of at most {tokens}.")
+    return fetcher
+
+
 def _passthrough(batch: dict[str, Any]) -> dict[str, Any]:
-    """The ``collate_fn`` of a loader whose dataset already returns whole padded batches."""
+    """The ``collate_fn`` of a loader whose dataset already returns whole batches."""
     return batch

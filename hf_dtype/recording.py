@@ -18,9 +18,12 @@ from datasets import ClassLabel, Features, LargeList, List, Value
 from .dtypes import to_numpy
 from .plan import ColumnDtype, DtypePlan
 
-__all__ = ["leaf_feature", "plan_of", "plan_of_features", "record_plan"]
+__all__ = ["NO_PLAN", "leaf_feature", "plan_of", "plan_of_features", "record_plan"]
 
 _MARKER = "hf_dtype/1 "
+
+NO_PLAN = ("The dataset carries no dtype plan: compact it first (hd.compact), pass plan= to Dataset.with_format, or use "
+           "with_transform(hd.DtypeTransform(plan)), which takes a plan on any dataset, streams included.")
 
 
 def leaf_feature(feature: Any) -> Any:

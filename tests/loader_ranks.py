@@ -8,6 +8,7 @@ the row ids of its batches, and of ``gather_for_metrics``, to ``DIR/rank<N>.json
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def check_rows(batch: dict) -> None:
         assert not batch["input_ids"][position, length:].any() and (batch["labels"][position, length:] == -100).all(), row
 
 
+PACKED = {"blocks": {"packing": "blocks", "block_size": 16, "columns": ["input_ids"]},
+          "flat": {"packing": "flat", "columns": ["input_ids"], "flash_attn_kwargs": True}}
+
+
+def packed_epoch(accelerator, loaders: dict, epoch: int) -> dict[str, list]:
+    """One epoch of each packed loader: the token ids of every block, and of every row of the flat batches."""
+    out = {}
+    for name, loader in loaders.items():
+        loader.set_epoch(epoch)
+        pieces = []
+        for batch in loader:
+            if name == "blocks":
+                pieces += batch["input_ids"].tolist()
+            else:
+                bounds, ids = batch["cu_seq_lens_q"].tolist(), batch["input_ids"][0].tolist()
+                pieces += [ids[a:b] for a, b in itertools.pairwise(bounds)]
+        out[name] = pieces
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -65,6 +86,8 @@ def main() -> None:
     loader = hd.dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, pad_to_multiple_of=8)
     prepared = accelerator.prepare(loader)
     record = {"rank": accelerator.process_index, "num_processes": accelerator.num_processes, "epochs": []}
+    packed = {name: accelerator.prepare(hd.dataloader(dataset, 3, shuffle=True, seed=args.seed, **options))
+              for name, options in PACKED.items()}
     for epoch in range(args.epochs):
         prepared.set_epoch(epoch)
         batches, gathered = [], []
@@ -74,7 +97,7 @@ def main() -> None:
             check_rows(wide)
             batches.append(wide["idx"].tolist())
             gathered.extend(accelerator.gather_for_metrics(wide["idx"]).tolist())
-        record["epochs"].append({"batches": batches, "gathered": gathered})
+        record["epochs"].append({"batches": batches, "gathered": gathered, **packed_epoch(accelerator, packed, epoch)})
     Path(args.out, f"rank{accelerator.process_index}.json").write_text(json.dumps(record))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -360,7 +360,7 @@ def test_memory_mapped_dataset_is_read_in_place(compacted, tmp_path):
     fetcher = loader.dataset
     assert isinstance(fetcher.dataset.data, datasets.table.MemoryMappedTable)
     arrow_file = loaded.cache_files[0]["filename"]
-    views = fetcher._views["input_ids"].column.values.views
+    views = fetcher._reader.views["input_ids"].column.values.views
     assert len(views) == 1 and views[0].nbytes == os.path.getsize(arrow_file)  # a view of the whole mapped file
     assert not views[0].flags.owndata and not views[0].flags.writeable
 

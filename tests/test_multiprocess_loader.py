@@ -16,7 +16,7 @@ import torch
 import hf_dtype as hd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loader_ranks import build, check_rows
+from loader_ranks import PACKED, build, check_rows
 
 ROWS, BATCH, SEED = 37, 4, 11  # 37 rows: not a multiple of 2 processes x 4, so even_batches repeats rows
 
@@ -70,6 +70,17 @@ def test_two_processes_shard_every_row_once(tmp_path):
             assert sorted(rank["epochs"][epoch]["gathered"]) == list(range(ROWS))  # duplicates dropped
         orders.append(order)
     assert orders[0] != orders[1]
+    for name, options in PACKED.items():  # every block, and every row of flat batches, read by exactly one process
+        single = hd.dataloader(build(ROWS), 3, **options)
+        if name == "blocks":
+            expected = sorted(row for batch in single for row in single.plan.widen(batch)["input_ids"].tolist())
+        else:
+            expected = sorted(row for row in build(ROWS)["input_ids"] if row)
+        for epoch in range(2):
+            got = [piece for rank in ranks for piece in rank["epochs"][epoch][name]]
+            distinct = sorted({tuple(piece) for piece in got})
+            assert distinct == sorted({tuple(piece) for piece in expected})  # all of them ...
+            assert len(got) - len(expected) < 2 * 3  # ... and repeats only to even out the last batches
 
 
 @pytest.mark.parametrize("use_seedable_sampler", [False, True])

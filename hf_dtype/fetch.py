@@ -1,0 +1,236 @@
+"""The map-style datasets of ``hd.dataloader``: batches read straight from a dataset's Arrow buffers.
+
+``BatchFetcher.__getitems__(rows)`` reads each column's rows (``Rows``: where each row's values lie
+in a zero-copy view of the buffers, indices mappings of ``shuffle`` / ``select`` / ``filter``
+followed) and hands them to a layout: padded (``batching.assemble``) or flat
+(``packing.flatten_rows``). ``BlockFetcher.__getitems__(blocks)`` cuts token blocks from every row
+laid end to end (``packing.cut_blocks``). Both hold the ``datasets.Dataset`` (which pickles by file
+path when memory-mapped) and build their numpy views lazily in each process, so they go to spawned
+workers as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from .arrow import ArrowColumn, arrow_leaf_dtype, list_depth
+from .batching import PadOptions, Rows, assemble
+from .packing import BlockIndex, cut_blocks, flatten_rows
+from .plan import ColumnDtype, DtypePlan
+
+__all__ = ["BatchFetcher", "BlockFetcher", "Flat", "Padded", "batch_plan"]
+
+
+def batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
+    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
+
+    By default every planned column that the dataset holds, and every derived column whose source
+    it holds, is batched; columns outside the plan are left out.
+    """
+    schema = dataset.data.table.schema
+    depth = {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
+    plan = plan.resolve([name for name, d in depth.items() if d == 1])
+    derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
+    if columns is None:
+        chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
+    else:
+        chosen = [columns] if isinstance(columns, str) else list(columns)
+        unknown = [name for name in chosen if name not in schema.names and name not in derived]
+        if unknown:
+            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
+                             f"or derived columns of the plan {sorted(derived)}.")
+    entries = dict(plan.columns)
+    for name in chosen:
+        if name in derived:
+            source = derived[name].lengths_from
+            if depth.get(source) != 1:
+                what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
+                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
+        elif depth.get(name) not in (0, 1):
+            what = "lists of lists" if name in depth else f"{schema.field(name).type} values"
+            hint = "" if columns is not None else "; leave it out with columns=[...]"
+            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
+        elif name not in entries:
+            entries[name] = ColumnDtype(storage=arrow_leaf_dtype(schema.field(name).type))
+    return DtypePlan(entries), chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class Padded:
+    """The padded layout: ``columns`` (and derived ones) padded to each batch's longest row."""
+
+    plan: DtypePlan
+    names: list[str]
+    options: PadOptions
+
+    def __call__(self, columns: dict[str, Rows], rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return assemble(columns, self.plan, self.names, self.options, rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat:
+    """The padding-free layout: a batch of rows as one row (``DataCollatorWithFlattening``'s)."""
+
+    plan: DtypePlan
+    token: str
+    labels: str | None
+    widen: str
+    flash_attn_kwargs: bool
+
+    def __call__(self, columns: dict[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
+        return flatten_rows(columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
+                            flash_attn_kwargs=self.flash_attn_kwargs, rows=rows)
+
+
+class _Read(NamedTuple):
+    """How one column is read: its view, its chunk layout's number, and the twin whose rows it shares, shifted."""
+
+    column: ArrowColumn
+    layout: int
+    twin: str | None = None
+    shift: np.ndarray | None = None
+
+
+class _Reader:
+    """Reads the rows of some columns of a dataset from its Arrow buffers, as ``Rows``; built lazily in each process."""
+
+    def __init__(self, dataset: Dataset, names: Sequence[str]) -> None:
+        table = dataset.data.table
+        self.size = len(dataset)
+        self.views: dict[str, _Read] = {}
+        for name in dict.fromkeys(names):
+            column = ArrowColumn(name, table.column(name))
+            layout = next((read.layout for read in self.views.values() if np.array_equal(read.column.starts, column.starts)),
+                          len(self.views))
+            twin = next(((leader, shift) for leader, read in self.views.items() if read.twin is None and read.column.is_list
+                         and column.is_list and (shift := column.shift_from(read.column)) is not None), (None, None))
+            self.views[name] = _Read(column, layout, *twin)
+        indices = dataset._indices
+        self.mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
+
+    def read(self, indices: Sequence[int]) -> dict[str, Rows]:
+        """The rows ``indices`` (positions in the dataset as it is seen) of every column."""
+        if len(indices) and (min(indices) < 0 or max(indices) >= self.size):  # Python's min and max: fastest on a short list
+            bad = next(int(i) for i in indices if not 0 <= i < self.size)
+            raise IndexError(f"Row {bad} is out of range for a dataset of {self.size} rows.")
+        rows = np.asarray(indices, dtype=np.int64)
+        if self.mapping is not None:
+            rows = self.mapping.scalars(rows, self.mapping.locate(rows)).astype(np.int64)
+        chunks: dict[int, np.ndarray | None] = {}
+        columns: dict[str, Rows] = {}
+        for name, read in self.views.items():
+            column = read.column
+            if read.layout not in chunks:
+                chunks[read.layout] = column.locate(rows)
+            chunk = chunks[read.layout]
+            if not column.is_list:
+                columns[name] = Rows(column.scalars(rows, chunk), column.dtype)
+                continue
+            if read.twin is not None:  # the rows of its twin, shifted: same lengths, one offsets read for both
+                twin = columns[read.twin]
+                starts = twin.starts + (read.shift[0] if chunk is None else read.shift[chunk])
+                lengths, groups = twin.lengths, twin.groups
+            else:
+                starts, lengths, groups = column.spans(rows, chunk)
+            one_view = len(column.values.views) == 1 and not column.values.bits
+            columns[name] = Rows(column.values.views[0] if one_view else column.values.take, column.dtype, starts, lengths, groups,
+                                 column.windows if one_view else None)
+        return columns
+
+
+class BatchFetcher:
+    """Batches of rows: ``__getitems__(indices)`` returns the whole batch, laid out by ``layout``.
+
+    Args:
+        dataset: the dataset, read in place.
+        read: the stored columns to read (derived columns' sources included).
+        layout: a ``Padded`` or ``Flat`` layout; its ``plan`` is the plan of the batches.
+    """
+
+    def __init__(self, dataset: Dataset, read: Sequence[str], layout: Padded | Flat) -> None:
+        self.dataset = dataset
+        self.read = list(read)
+        self.layout = layout
+        self._reader: _Reader | None = None
+
+    @property
+    def plan(self) -> DtypePlan:
+        return self.layout.plan
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: Sequence[int], layout: Callable[..., dict] | None = None) -> dict[str, Any]:
+        if self._reader is None:
+            self._reader = _Reader(self.dataset, self.read)
+        return (layout or self.layout)(self._reader.read(indices), indices)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        return self.batch(indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Row ``index`` as a batch of one without its batch dimension (and without rounding its width up)."""
+        layout = self.layout
+        if isinstance(layout, Padded):
+            layout = dataclasses.replace(layout, options=dataclasses.replace(layout.options, pad_to_multiple_of=None))
+        return {name: value[0] if torch.is_tensor(value) and value.ndim else value for name, value in self.batch([index], layout).items()}
+
+
+class BlockFetcher:
+    """Blocks of ``block_size`` tokens of every row laid end to end: ``__getitems__(blocks)`` returns the batch of those blocks.
+
+    Args:
+        dataset: the dataset, read in place, its rows in the order it is seen.
+        plan: the plan of the batches (``packing.packed_plan``).
+        token, labels: the token column and, for token classification, the label column (else None).
+        block_size, separator: as in ``hd.dataloader``.
+        widen: ``"device"`` (storage dtypes) or ``"cpu"`` (compute dtypes).
+        document_positions: add ``position_ids`` that restart at each row start.
+    """
+
+    def __init__(self, dataset: Dataset, plan: DtypePlan, *, token: str, labels: str | None, block_size: int,
+                 separator: int | None, widen: str, document_positions: bool) -> None:
+        self.dataset = dataset
+        self.plan = plan
+        self.token, self.labels = token, labels
+        self.block_size, self.separator = block_size, separator
+        self.widen, self.document_positions = widen, document_positions
+        self._rows: tuple[BlockIndex, dict[str, Rows]] | None = None
+        self.num_blocks = self._stream()[0].num_blocks
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rows": None}
+
+    def _stream(self) -> tuple[BlockIndex, dict[str, Rows]]:
+        """Every row of the stream, in order: where its values lie (per column) and where its tokens start in the stream."""
+        if self._rows is None:
+            names = [self.token] + ([self.labels] if self.labels else [])
+            columns = _Reader(self.dataset, names).read(np.arange(len(self.dataset)))
+            lengths = columns[self.token].lengths
+            if self.labels is not None and not np.array_equal(columns[self.labels].lengths, lengths):
+                raise ValueError(f"Column {self.labels!r} has rows of other lengths than {self.token!r}; blocks need one label per token.")
+            self._rows = BlockIndex(lengths.astype(np.int64), self.block_size, self.separator), columns
+        return self._rows
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitems__(self, blocks: Sequence[int]) -> dict[str, torch.Tensor]:
+        index, columns = self._stream()
+        if len(blocks) and (min(blocks) < 0 or max(blocks) >= index.num_blocks):
+            bad = next(int(b) for b in blocks if not 0 <= b < index.num_blocks)
+            raise IndexError(f"Block {bad} is out of range: the stream holds {index.num_blocks} blocks of {self.block_size} tokens.")
+        return cut_blocks(index, np.asarray(blocks, dtype=np.int64), columns, self.plan, token=self.token, labels=self.labels,
+                          widen=self.widen, document_positions=self.document_positions)
+
+    def __getitem__(self, block: int) -> dict[str, torch.Tensor]:
+        return {name: value[0] for name, value in self.__getitems__([block]).items()}

@@ -1,0 +1,156 @@
+"""Packed and padding-free batches, vectorized: token blocks cut from the rows laid end to end, and rows flattened.
+
+- ``blocks``: the rows' tokens read as one stream in row order (a separator after each row if
+  given), cut into consecutive blocks of ``block_size``, the remainder dropped: the blocks of
+  ``run_clm.py``'s ``group_texts`` over a whole split, gathered at batch time instead of stored.
+  ``document_positions`` adds ``position_ids`` that restart at 0 at every row start inside a block
+  (and at the block start), so transformers keeps documents from attending to each other.
+- ``flat``: a batch of rows as one row of all their tokens, what ``DataCollatorWithFlattening``
+  makes: ``input_ids``, ``labels`` (-100 at each row's first position), ``position_ids`` and, for
+  flash attention, ``cu_seq_lens_q/k`` and ``max_length_q/k``.
+
+Transformers finds packed sequences from ``position_ids`` only when no attention mask and no cache
+are passed: a model with ``use_cache`` on (most configs' default, in training too) attends across
+rows. Turn it off (``model.config.use_cache = False``) for these batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batching import Rows, column_spec, served
+from .dtypes import dtype_name, integer_range, smallest_integer_dtype
+from .plan import ColumnDtype, DtypePlan
+
+__all__ = ["PACKINGS", "BlockIndex", "cut_blocks", "flatten_rows", "packed_plan"]
+
+PACKINGS = ("blocks", "flat")
+
+
+def _labels_entry(entry: ColumnDtype) -> ColumnDtype:
+    """The entry of labels made from token ids: -100 marks the positions the loss ignores, so a signed storage holds it."""
+    low, high = integer_range(entry.storage)
+    return ColumnDtype(storage=smallest_integer_dtype(min(low, -100), high), compute=entry.compute or "int64", pad=-100)
+
+
+def packed_plan(plan: DtypePlan, token: str, labels: str | None, *, positions: int | None) -> DtypePlan:
+    """The entries of a packed batch: ``input_ids``, ``labels`` and ``position_ids`` (below ``positions``, if given)."""
+    entries = {"input_ids": plan[token], "labels": plan[labels] if labels is not None else _labels_entry(plan[token])}
+    if labels is not None and entries["labels"].pad != -100:
+        entries["labels"] = _labels_entry(entries["labels"])
+    storage = smallest_integer_dtype(0, positions) if positions is not None and positions < 2**16 else "int32"
+    entries["position_ids"] = ColumnDtype(storage=storage, compute="int64")
+    return DtypePlan(entries)
+
+
+def _gather(rows: Rows, positions: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    if isinstance(rows.values, np.ndarray):
+        return rows.values[positions]
+    return rows.values(positions, groups)
+
+
+def _tensors(arrays: Mapping[str, np.ndarray], plan: DtypePlan, widen: str, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """The packed arrays (in their plan's storage dtypes) as tensors in storage or compute dtypes."""
+    return {name: served(values, column_spec(plan[name], values.dtype), widen, name, rows) for name, values in arrays.items()}
+
+
+def flatten_rows(columns: Mapping[str, Rows], plan: DtypePlan, *, token: str, labels: str | None, widen: str,
+                 flash_attn_kwargs: bool, rows: Sequence[Any]) -> dict[str, Any]:
+    """The rows of ``columns[token]`` (and ``columns[labels]``) as one padding-free row; empty rows are left out."""
+    ids = columns[token]
+    keep = ids.lengths > 0
+    if not keep.any():
+        raise ValueError(f"Every row of this batch has an empty {token!r}: a flat batch needs at least one token.")
+    lengths = ids.lengths[keep]
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    within = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lengths)
+    groups = None if ids.groups is None else np.repeat(ids.groups[keep], lengths)
+    values = _gather(ids, np.repeat(ids.starts[keep], lengths) + within, groups)
+    if labels is not None:
+        source = columns[labels]
+        if not np.array_equal(source.lengths, ids.lengths):
+            raise ValueError(f"Column {labels!r} has rows of other lengths than {token!r}; flat batches need one label per token.")
+        label_groups = None if source.groups is None else np.repeat(source.groups[keep], lengths)
+        label_values = _gather(source, np.repeat(source.starts[keep], lengths) + within, label_groups)
+    else:
+        label_values = values
+    label_values = label_values.astype(np.dtype(plan["labels"].storage))  # a copy: the ids stay as they are
+    label_values[bounds[:-1]] = -100
+    out = _tensors({"input_ids": values[None], "labels": label_values[None],
+                    "position_ids": within.astype(np.dtype(plan["position_ids"].storage))[None]}, plan, widen, rows)
+    if flash_attn_kwargs:
+        out["cu_seq_lens_q"] = torch.from_numpy(bounds.astype(np.int32))
+        out["cu_seq_lens_k"] = torch.from_numpy(bounds.astype(np.int32))
+        out["max_length_q"] = out["max_length_k"] = int(lengths.max())
+    return out
+
+
+class BlockIndex:
+    """Where the blocks of a token stream lie: the rows' tokens end to end, with a separator after each if given.
+
+    Args:
+        lengths: the number of tokens of each row, in the order the rows are read.
+        block_size: tokens per block; the remainder of the stream is dropped.
+        separator: a token id appended after each row, or None.
+    """
+
+    def __init__(self, lengths: np.ndarray, block_size: int, separator: int | None) -> None:
+        self.lengths = lengths
+        self.block_size = block_size
+        self.separator = separator
+        self.stream = np.zeros(len(lengths) + 1, dtype=np.int64)  # where each row starts in the stream
+        np.cumsum(lengths + (separator is not None), out=self.stream[1:])
+        self.num_blocks = int(self.stream[-1] // block_size)
+
+    def locate(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each token of ``blocks`` (shape ``(len(blocks), block_size)``): its row, its place in the row, and the
+        place in the block where its row (or the block) starts."""
+        size = self.block_size
+        first = blocks.astype(np.int64)[:, None] * size
+        stream = first + np.arange(size)
+        row = self.stream.searchsorted(stream, side="right") - 1
+        segment = np.maximum(self.stream[row] - first, 0)
+        return row, stream - self.stream[row], segment
+
+
+def cut_blocks(index: BlockIndex, blocks: np.ndarray, columns: Mapping[str, Rows], plan: DtypePlan, *, token: str,
+               labels: str | None, widen: str, document_positions: bool) -> dict[str, torch.Tensor]:
+    """Blocks ``blocks`` of the stream; ``columns`` hold every row of the stream (``starts``/``lengths`` per row, in order)."""
+    row, offset, segment = index.locate(blocks)
+    separator = offset >= index.lengths[row] if index.separator is not None else None
+    if separator is not None:
+        offset = np.minimum(offset, np.maximum(index.lengths[row] - 1, 0))
+
+    def read(name: str) -> np.ndarray:
+        source = columns[name]
+        return _gather(source, source.starts[row] + offset, None if source.groups is None else source.groups[row])
+
+    values = read(token)
+    if labels is not None:
+        label_values = read(labels).astype(np.dtype(plan["labels"].storage))
+    else:
+        label_values = values.astype(np.dtype(plan["labels"].storage))  # a copy, so that ids and labels are separate
+    if separator is not None:
+        values[separator] = index.separator
+        label_values[separator] = -100 if labels is not None else index.separator
+    arrays = {"input_ids": values, "labels": label_values}
+    if document_positions:
+        arrays["position_ids"] = (np.arange(index.block_size) - segment).astype(np.dtype(plan["position_ids"].storage))
+    return _tensors(arrays, plan, widen, [f"of block {int(b)}" for b in blocks])
+
+
+def check_separator(separator: int | None, entry: ColumnDtype, token: str) -> None:
+    """A separator must be a token id that the token column's storage dtype holds."""
+    if separator is None:
+        return
+    if isinstance(separator, bool) or not isinstance(separator, (int, np.integer)):
+        raise ValueError(f"separator must be a token id (an integer) or None; got {separator!r}.")
+    low, high = integer_range(entry.storage if entry.storage != "bool" else dtype_name(np.dtype(bool)))
+    if not low <= separator <= high:
+        raise ValueError(f"separator {separator} is not a token id of {token!r}, whose storage dtype {entry.storage} holds "
+                         f"[{low}, {high}]; expected an id of the vocabulary.")
