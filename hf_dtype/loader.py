@@ -77,6 +77,19 @@ class EpochSampler(Sampler[int]):
         for block in self.batches(1 << 16, drop_last=False):
             yield from block.tolist()
 
+    def state_dict(self) -> dict[str, int]:
+        """The epoch a resumed run starts in: the one under way, or the next when none is."""
+        active = _accelerate_loader_over(self)  # workers may have drained the sampler before the pass ends
+        under_way = (not active.end_of_dataloader) if active is not None else self.current is not None
+        return {"epoch": self.epoch - 1 if under_way else self.epoch, "seed": self.seed, "rows": self.size}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resume at the epoch of ``state`` (from ``state_dict``, e.g. through ``accelerator.load_state``)."""
+        if (state.get("seed"), state.get("rows")) != (self.seed, self.size):
+            raise ValueError(f"The saved loader state is of seed {state.get('seed')} over {state.get('rows')} rows; this loader has "
+                             f"seed {self.seed} over {self.size} rows, so it cannot resume in the same order.")
+        self.epoch, self.current = int(state["epoch"]), None
+
     def __len__(self) -> int:
         return self.size
 
@@ -95,16 +108,16 @@ class EpochBatchSampler(BatchSampler):
             yield batch.tolist()
 
 
-def _accelerate_loader_over(batch_sampler: BatchSampler) -> Any:
-    """The ``accelerate`` loader iterating over ``batch_sampler`` right now, if any (it may wrap it in shards and skips)."""
+def _accelerate_loader_over(sampler: EpochSampler) -> Any:
+    """The ``accelerate`` loader iterating over ``sampler`` right now, if any (it wraps it in shards and skips)."""
     from accelerate.state import GradientState
 
     for loader in GradientState().dataloader_references:
-        sampler = getattr(loader, "batch_sampler", None)
-        while sampler is not None:
-            if sampler is batch_sampler:
-                return loader
-            sampler = getattr(sampler, "batch_sampler", None)
+        inner = getattr(loader, "batch_sampler", None)
+        while inner is not None and getattr(inner, "sampler", None) is not sampler:
+            inner = getattr(inner, "batch_sampler", None)
+        if inner is not None:
+            return loader
     return None
 
 
@@ -121,19 +134,11 @@ class ArrowDataLoader(DataLoader):
         return self.dataset.plan
 
     def state_dict(self) -> dict[str, int]:
-        """The epoch a resumed run starts in: the one under way, or the next when none is."""
-        sampler = self.batch_sampler.sampler
-        active = _accelerate_loader_over(self.batch_sampler)  # workers may have drained the sampler before the pass ends
-        under_way = (not active.end_of_dataloader) if active is not None else sampler.current is not None
-        return {"epoch": sampler.epoch - 1 if under_way else sampler.epoch, "seed": sampler.seed, "rows": sampler.size}
+        """The order's state (``EpochSampler.state_dict``): register the loader with ``accelerator.register_for_checkpointing``."""
+        return self.batch_sampler.sampler.state_dict()
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Resume at the epoch of ``state`` (from ``state_dict``, e.g. through ``accelerator.load_state``)."""
-        sampler = self.batch_sampler.sampler
-        if (state.get("seed"), state.get("rows")) != (sampler.seed, sampler.size):
-            raise ValueError(f"The saved loader state is of seed {state.get('seed')} over {state.get('rows')} rows; this loader has "
-                             f"seed {sampler.seed} over {sampler.size} rows, so it cannot resume in the same order.")
-        sampler.epoch, sampler.current = int(state["epoch"]), None
+        self.batch_sampler.sampler.load_state_dict(state)
 
 
 def _check_int(name: str, value: Any, *, positive: bool) -> None:
