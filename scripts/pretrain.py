@@ -1,0 +1,485 @@
+#!/usr/bin/env python
+"""Train a causal language model from zero: a tokenizer trained on the corpus, token blocks gathered from Arrow.
+
+The shape of ``accelerate``'s ``complete_nlp_example.py``, and the same script on one CPU, one GPU or
+many processes::
+
+    python scripts/pretrain.py                                   # character-level GPT on tiny Shakespeare, a few minutes
+    python scripts/pretrain.py --tokenizer bpe --vocab_size 4096 # byte-level BPE instead
+    accelerate launch scripts/pretrain.py --mixed_precision bf16
+    torchrun --nproc_per_node 2 scripts/pretrain.py --cpu
+
+The hf_dtype lines are in ``get_dataloaders``: the tokenized lines are stored once in the smallest
+dtype (``hd.compact``: uint8 for 65 characters, uint16 below 65,536 ids), and ``hd.dataloader``
+cuts the blocks of ``run_clm.py``'s ``group_texts`` from them at batch time (``--packing blocks``)
+or lays each batch of lines end to end (``--packing flat``). ``--plan datasets-default`` runs
+``run_clm.py``'s own data path (``group_texts`` stored by a ``map``, ``with_format("torch")``,
+``default_data_collator``) on the same blocks in the same order. Packed batches need the model's
+cache off (``use_cache=False``): with it on, transformers ignores ``position_ids`` when masking and
+the rows of a flat batch attend to each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import hf_dtype as hd
+from hf_dtype.loader import EpochBatchSampler, EpochSampler
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "tinyshakespeare" / "input.txt"
+
+
+class InputError(ValueError):
+    """Bad input found before training: the message names what was wrong and what was expected."""
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; the defaults are nanoGPT's CPU recipe for tiny Shakespeare, so no arguments runs it."""
+    parser = argparse.ArgumentParser(
+        description="Train a causal language model from zero with hf_dtype's packed batches. With no arguments: a 4-layer "
+                    "character-level GPT on the committed tiny Shakespeare (tests/data/tinyshakespeare), offline, in a few minutes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data and tokenizer")
+    data.add_argument("--train_file", default=str(DEFAULT_CORPUS), help="A text file (one row per line, line breaks kept).")
+    data.add_argument("--validation_file", default=None, help="Default: the last --validation_split_percentage of the text.")
+    data.add_argument("--dataset_name", default=None, help="A dataset with a 'text' column, on the Hub or in a local folder.")
+    data.add_argument("--validation_split_percentage", type=float, default=10.0)
+    data.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
+                      help="char: one id per character; bpe: byte-level BPE trained on the text.")
+    data.add_argument("--vocab_size", type=int, default=4096, help="For --tokenizer bpe.")
+    data.add_argument("--packing", choices=["blocks", "flat"], default="blocks",
+                      help="blocks: --block_size tokens of the lines end to end; flat: each batch of lines as one row.")
+    data.add_argument("--plan", choices=["compact", "datasets-default"], default="compact",
+                      help="compact: hd.compact + hd.dataloader; datasets-default: run_clm.py's group_texts + with_format('torch').")
+    data.add_argument("--widen", choices=["device", "cpu"], default="device",
+                      help="Widen batches to int64 on the device after the transfer, or on the CPU.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_type", choices=["gpt2", "llama"], default="gpt2",
+                       help="The architecture, built from a config (no pretrained weights).")
+    model.add_argument("--n_layer", type=int, default=4, help="Transformer layers.")
+    model.add_argument("--n_head", type=int, default=4, help="Attention heads.")
+    model.add_argument("--n_embd", type=int, default=128, help="Width.")
+    model.add_argument("--block_size", type=int, default=64, help="Tokens per block (and the model's context).")
+    model.add_argument("--dropout", type=float, default=0.0, help="Dropout.")
+    train = parser.add_argument_group("training")
+    train.add_argument("--per_device_train_batch_size", type=int, default=12,
+                       help="Blocks (or lines, with --packing flat) per batch and process.")
+    train.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Validation blocks per batch and process.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
+    train.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
+    train.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate, after the warmup.")
+    train.add_argument("--min_learning_rate", type=float, default=1e-4, help="Learning rate at the last step.")
+    train.add_argument("--lr_scheduler_type", choices=["cosine", "linear"], default="cosine", help="Decay after the warmup.")
+    train.add_argument("--num_warmup_steps", type=int, default=100, help="Steps of linear warmup.")
+    train.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay of the matrices and embeddings.")
+    train.add_argument("--adam_beta2", type=float, default=0.99, help="AdamW beta2 (beta1 is 0.9).")
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping.")
+    train.add_argument("--eval_every", type=int, default=500, help="Evaluate the validation loss every N optimizer steps.")
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="accelerate's mixed precision.")
+    train.add_argument("--cpu", action="store_true", help="Train on the CPU even if an accelerator is present.")
+    train.add_argument("--seed", type=int, default=1337, help="Seed of the weights, the block order and dropout.")
+    run = parser.add_argument_group("checkpoints and outputs")
+    run.add_argument("--output_dir", default="outputs/pretrain", help="Model, tokenizer, metrics.json, sample.txt and checkpoints.")
+    run.add_argument("--checkpointing_steps", type=int, default=None, help="Save the training state every N optimizer steps.")
+    run.add_argument("--resume_from_checkpoint", default=None, help="A step_N folder, or 'latest' (in --output_dir).")
+    run.add_argument("--with_tracking", action="store_true", help="Log to TensorBoard under --output_dir.")
+    run.add_argument("--sample_tokens", type=int, default=300, help="Tokens of text to generate with the trained model.")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Reject inconsistent options before anything is loaded."""
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "per_device_train_batch_size", "per_device_eval_batch_size",
+                 "gradient_accumulation_steps", "max_train_steps", "eval_every"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
+    if args.n_embd % args.n_head:
+        raise InputError(f"--n_embd {args.n_embd} must be a multiple of --n_head {args.n_head}.")
+    if not 0 < args.validation_split_percentage < 100:
+        raise InputError(f"--validation_split_percentage must lie in (0, 100); got {args.validation_split_percentage}.")
+    if args.plan == "datasets-default" and args.packing != "blocks":
+        raise InputError("--plan datasets-default is run_clm.py's data path, which makes blocks: use it with --packing blocks.")
+    if args.tokenizer == "bpe" and args.vocab_size < 257:
+        raise InputError(f"--vocab_size {args.vocab_size} is too small for byte-level BPE: expected at least 257 (256 bytes + 1).")
+    return args
+
+
+# --------------------------------------------------------------------------------------------- data and tokenizer
+
+
+def _read_text(path: str, option: str) -> datasets.Dataset:
+    if not os.path.isfile(path):
+        raise InputError(f"{option} {path!r} does not exist; expected a text file.")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{option} {path!r} is empty; expected text to train on.")
+    return datasets.load_dataset("text", data_files=path, split="train", keep_linebreaks=True)
+
+
+def split_by_characters(lines: datasets.Dataset, percentage: float) -> datasets.DatasetDict:
+    """The last ``percentage`` of the characters as the validation split (the line there is cut in two), as nanoGPT splits."""
+    text = "".join(lines["text"])
+    cut = int(len(text) * (1 - percentage / 100))
+    return datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": text[:cut].splitlines(keepends=True)}),
+        "validation": datasets.Dataset.from_dict({"text": text[cut:].splitlines(keepends=True)}),
+    })
+
+
+def load_text(args: argparse.Namespace) -> datasets.DatasetDict:
+    """The train and validation text, one row per line."""
+    if args.dataset_name:
+        try:
+            raw = datasets.load_dataset(args.dataset_name)
+        except Exception as error:  # datasets raises many kinds for a name or folder it cannot read
+            raise InputError(f"--dataset_name {args.dataset_name!r} cannot be loaded ({error}); expected a dataset with a "
+                             "'text' column.") from None
+        if "text" not in raw["train"].column_names:
+            raise InputError(f"--dataset_name {args.dataset_name!r} has no 'text' column; its columns are {raw['train'].column_names}.")
+        if "validation" in raw:
+            return datasets.DatasetDict({"train": raw["train"], "validation": raw["validation"]})
+        return split_by_characters(raw["train"], args.validation_split_percentage)
+    train = _read_text(args.train_file, "--train_file")
+    if args.validation_file:
+        return datasets.DatasetDict({"train": train, "validation": _read_text(args.validation_file, "--validation_file")})
+    return split_by_characters(train, args.validation_split_percentage)
+
+
+def train_tokenizer(args: argparse.Namespace, train: datasets.Dataset) -> transformers.PreTrainedTokenizerFast:
+    """A tokenizer trained on the training text with the ``tokenizers`` library: one id per character, or byte-level BPE."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if args.tokenizer == "char":
+        characters = sorted(set(chain.from_iterable(train["text"])))
+        tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(characters)}, unk_token=None))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")  # every character a token
+        tokenizer.decoder = decoders.Fuse()
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(train["text"], trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+def tokenize(text: datasets.DatasetDict, tokenizer: Any) -> datasets.DatasetDict:
+    """Token ids per line, as ``datasets`` stores a tokenizer's output (int32 ids, int8 attention mask)."""
+    tokenized = text.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"], desc="Tokenizing")
+    for split, part in tokenized.items():
+        if sum(len(ids) for ids in part["input_ids"]) == 0:
+            raise InputError(f"The {split} text holds no token; expected text.")
+    return tokenized
+
+
+def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
+    """``run_clm.py``'s ``group_texts``: every column concatenated and cut into blocks, the remainder dropped."""
+    concatenated = {key: list(chain.from_iterable(examples[key])) for key in examples}
+    total = len(concatenated["input_ids"]) // block_size * block_size
+    result = {key: [values[i:i + block_size] for i in range(0, total, block_size)] for key, values in concatenated.items()}
+    result["labels"] = result["input_ids"].copy()
+    return result
+
+
+class Served:
+    """The loaders of one data path, with how to widen its batches and what it stores."""
+
+    def __init__(self, train: DataLoader, validation: DataLoader, order: Any, plan: hd.DtypePlan | None, stored_bytes: int,
+                 tokens: int) -> None:
+        self.train, self.validation, self.order, self.plan = train, validation, order, plan
+        self.bytes_per_token = stored_bytes / tokens
+
+    def widen(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.plan.widen(batch) if self.plan is not None else batch
+
+
+def get_dataloaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, vocab_size: int) -> Served:
+    """Train and validation loaders: the same blocks in the same order on either data path; validation is always in blocks."""
+    tokens = sum(len(ids) for ids in tokenized["train"]["input_ids"])
+    if args.plan == "datasets-default":
+        blocks = tokenized.map(group_texts, batched=True, batch_size=None, fn_kwargs={"block_size": args.block_size},
+                               desc=f"Grouping texts in blocks of {args.block_size}")
+        for split, part in blocks.items():
+            _enough_tokens(split, len(part), args.block_size)
+        order = EpochSampler(len(blocks["train"]), shuffle=True, seed=args.seed)
+
+        def loader(split: str, batch_size: int, sampler: EpochSampler) -> DataLoader:
+            return DataLoader(blocks[split].with_format("torch"), batch_sampler=EpochBatchSampler(sampler, batch_size, False),
+                              collate_fn=transformers.default_data_collator, generator=torch.Generator())
+
+        return Served(loader("train", args.per_device_train_batch_size, order),
+                      loader("validation", args.per_device_eval_batch_size, EpochSampler(len(blocks["validation"]))),
+                      order, None, blocks["train"].data.nbytes, len(blocks["train"]) * args.block_size)
+    small = hd.compact(tokenized, hd.infer_plan(tokenized, vocab_size=vocab_size))  # uint8 ids for 65 characters
+    blocks = {"packing": "blocks", "block_size": args.block_size}
+    packing = blocks if args.packing == "blocks" else {"packing": "flat"}
+    try:
+        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, columns=["input_ids"],
+                              widen=args.widen, **packing)
+        validation = hd.dataloader(small["validation"], args.per_device_eval_batch_size, columns=["input_ids"], widen=args.widen,
+                                   **blocks)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    return Served(train, validation, train, train.plan, small["train"].data.column("input_ids").nbytes, tokens)
+
+
+def _enough_tokens(split: str, blocks: int, block_size: int) -> None:
+    if blocks == 0:
+        raise InputError(f"The {split} text is shorter than one block of {block_size} tokens; expected a smaller --block_size.")
+
+
+def build_model(args: argparse.Namespace, vocab_size: int, positions: int) -> transformers.PreTrainedModel:
+    """A causal LM from a config, no pretrained weights; the cache stays off while training (see the module docstring)."""
+    if args.model_type == "gpt2":
+        config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=args.n_embd, n_layer=args.n_layer,
+                                         n_head=args.n_head, resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
+                                         bos_token_id=0, eos_token_id=0, use_cache=False, loss_type="ForCausalLM")
+    else:
+        config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=args.n_embd, intermediate_size=4 * args.n_embd,
+                                          num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
+                                          max_position_embeddings=positions, attention_dropout=args.dropout,
+                                          bos_token_id=0, eos_token_id=0, use_cache=False, loss_type="ForCausalLM")
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices and embeddings only (2-D parameters), as nanoGPT decays."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, args.adam_beta2))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, processes: int) -> Any:
+    """Linear warmup, then cosine (or linear) decay to ``--min_learning_rate`` at ``--max_train_steps``."""
+    total, warmup = args.max_train_steps * processes, args.num_warmup_steps * processes  # the prepared scheduler steps per process
+    floor = args.min_learning_rate / args.learning_rate
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if args.lr_scheduler_type == "cosine" else 1 - progress
+        return floor + (1 - floor) * decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------- evaluation and sampling
+
+
+def evaluate(model: torch.nn.Module, served: Served, accelerator: Accelerator) -> float:
+    """The mean loss per predicted token over every validation block, each block counted once over all processes."""
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for batch in served.validation:
+            batch = served.widen(batch)
+            logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+            per_block = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none").mean(dim=1)
+            losses.append(accelerator.gather_for_metrics(per_block))  # drops the blocks repeated to even out the processes
+    model.train()
+    return torch.cat(losses).mean().item()
+
+
+def sample(model: torch.nn.Module, tokenizer: Any, tokens: int, seed: int) -> str:
+    """``tokens`` tokens generated from a newline, sampled at temperature 0.8 among the 200 likeliest (as nanoGPT's sample.py)."""
+    model.eval()
+    start = tokenizer("\n", return_tensors="pt")["input_ids"].to(model.device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        generated = model.generate(start, max_new_tokens=tokens, do_sample=True, temperature=0.8, top_k=200, use_cache=True,
+                                   pad_token_id=0)
+    return tokenizer.decode(generated[0].tolist())
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _checkpoint(args: argparse.Namespace) -> tuple[str | None, int]:
+    """The folder to resume from and the optimizer steps done there."""
+    path = args.resume_from_checkpoint
+    if path == "latest":
+        found = [entry for entry in Path(args.output_dir).glob("step_*") if entry.name[5:].isdigit()]
+        if not found:
+            raise InputError(f"--resume_from_checkpoint latest: no step_N folder in {args.output_dir!r}.")
+        path = str(max(found, key=lambda entry: int(entry.name[5:])))
+    name = Path(path).name
+    if not Path(path).is_dir() or not name.startswith("step_") or not name[5:].isdigit():
+        raise InputError(f"--resume_from_checkpoint {path!r}: expected a step_N folder saved by this script, or 'latest'.")
+    return path, int(name[5:])
+
+
+def training_function(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, evaluate every ``--eval_every`` steps, sample, save; return the metrics."""
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with="tensorboard" if args.with_tracking else None, project_dir=args.output_dir)
+    set_seed(args.seed)
+    resume = _checkpoint(args) if args.resume_from_checkpoint else (None, 0)
+    with accelerator.main_process_first():
+        text = load_text(args)
+        tokenizer = train_tokenizer(args, text["train"])
+        tokenized = tokenize(text, tokenizer)
+        served = get_dataloaders(args, tokenized, len(tokenizer))
+    longest = max(len(ids) for ids in tokenized["train"]["input_ids"]) if args.packing == "flat" else 0  # a flat row is a whole line
+    model = build_model(args, len(tokenizer), max(args.block_size, longest))
+    optimizer = make_optimizer(model, args)
+    accelerator.register_for_checkpointing(served.order)  # the data order's epoch is part of a checkpoint
+    model, optimizer, train_loader, served.validation = accelerator.prepare(model, optimizer, served.train, served.validation)
+    scheduler = accelerator.prepare(make_scheduler(optimizer, args, accelerator.num_processes))
+    if args.with_tracking:
+        accelerator.init_trackers("pretrain", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    completed = 0
+    if resume[0]:
+        accelerator.load_state(resume[0])
+        completed = resume[1]
+        accelerator.print(f"resumed from {resume[0]} at step {completed}")
+    start = time.perf_counter()
+    log = train(args, accelerator, model, optimizer, scheduler, train_loader, served, completed)
+    seconds = time.perf_counter() - start
+    metrics = {
+        "validation_loss": log.evaluations[-1]["validation_loss"] if log.evaluations else None, "evaluations": log.evaluations,
+        "steps": log.completed, "step_losses": log.step_losses, "train_seconds": seconds,
+        "tokens_per_second": log.tokens * accelerator.num_processes / seconds, "data_wait_share": log.wait / seconds,
+        "bytes_per_stored_token": served.bytes_per_token, "bytes_per_batch": log.batch_bytes, "vocab_size": len(tokenizer),
+        "num_parameters": sum(p.numel() for p in model.parameters()), "num_processes": accelerator.num_processes,
+        "plan": served.plan.to_dict() if served.plan else None,
+    }
+    metrics["bits_per_character"] = _bits_per_character(metrics["validation_loss"], tokenized["validation"], text["validation"])
+    save_outputs(args, accelerator, model, tokenizer, metrics)
+    accelerator.end_training()
+    return metrics
+
+
+@dataclass
+class TrainLog:
+    """What the training loop saw: the loss of each optimizer step, the evaluations, and the data path's figures."""
+
+    completed: int
+    step_losses: list[float] = field(default_factory=list)
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    wait: float = 0.0  # seconds spent waiting for a batch
+    tokens: int = 0  # tokens trained on by this process
+    batch_bytes: int = 0  # bytes of the last batch, as it crossed to the device
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+          train_loader: Any, served: Served, completed: int) -> TrainLog:
+    """Optimizer steps until ``--max_train_steps``, over as many passes as it takes; a resumed run skips what its epoch did."""
+    log = TrainLog(completed)
+    skip = completed * args.gradient_accumulation_steps % len(train_loader)
+    progress = tqdm(total=args.max_train_steps, initial=completed, desc="train", disable=not accelerator.is_local_main_process)
+    model.train()
+    while log.completed < args.max_train_steps:
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        skip, micro_losses, asked = 0, [], time.perf_counter()
+        for batch in loader:
+            log.wait += time.perf_counter() - asked
+            log.batch_bytes = sum(value.nbytes for value in batch.values() if torch.is_tensor(value))
+            with accelerator.accumulate(model):
+                batch = served.widen(batch)
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            log.tokens += batch["input_ids"].numel()
+            micro_losses.append(loss.detach().float())
+            if accelerator.sync_gradients:
+                log.completed += 1
+                log.step_losses.append(accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item())
+                micro_losses.clear()
+                progress.update(1)
+                progress.set_postfix(loss=f"{log.step_losses[-1]:.4f}")
+                _after_step(args, accelerator, model, served, scheduler, log, progress)
+                if log.completed >= args.max_train_steps:
+                    break
+            asked = time.perf_counter()
+    progress.close()
+    return log
+
+
+def _after_step(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, served: Served, scheduler: Any,
+                log: TrainLog, progress: Any) -> None:
+    """Tracking, evaluation and checkpoints, as the step count asks."""
+    step = log.completed
+    if args.with_tracking:
+        accelerator.log({"train/loss": log.step_losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=step)
+    if step % args.eval_every == 0 or step == args.max_train_steps:
+        log.evaluations.append({"step": step, "validation_loss": evaluate(model, served, accelerator)})
+        progress.write(f"step {step:>6}  validation loss {log.evaluations[-1]['validation_loss']:.4f}")
+        if args.with_tracking:
+            accelerator.log({"validation/loss": log.evaluations[-1]["validation_loss"]}, step=step)
+    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        accelerator.save_state(os.path.join(args.output_dir, f"step_{step}"))
+
+
+def _bits_per_character(loss: float | None, tokenized: datasets.Dataset, text: datasets.Dataset) -> float | None:
+    """Nats per token into bits per character: the figure that compares tokenizers."""
+    if loss is None:
+        return None
+    tokens = sum(len(ids) for ids in tokenized["input_ids"])
+    characters = sum(len(line) for line in text["text"])
+    return loss * tokens / characters / math.log(2)
+
+
+def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
+                 metrics: dict[str, Any]) -> None:
+    """Model, tokenizer, ``metrics.json`` and a generated sample in ``--output_dir``; the scores and the sample printed."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        metrics["sample"] = sample(unwrapped, tokenizer, args.sample_tokens, args.seed) if args.sample_tokens else ""
+        os.makedirs(args.output_dir, exist_ok=True)
+        unwrapped.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
+        Path(args.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
+        Path(args.output_dir, "sample.txt").write_text(metrics["sample"])
+        print(f"validation loss {metrics['validation_loss']:.4f} ({metrics['bits_per_character']:.3f} bits per character) after "
+              f"{metrics['steps']} steps, {metrics['train_seconds']:.0f} s, {metrics['tokens_per_second']:,.0f} tokens/s, "
+              f"{metrics['data_wait_share']:.1%} of the time waiting for data, "
+              f"{metrics['bytes_per_stored_token']:.2f} bytes per stored token")
+        print(f"sample:\n{metrics['sample']}")
+        print(f"model, tokenizer, metrics.json and sample.txt in {args.output_dir}")
+    accelerator.wait_for_everyone()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return training_function(check_args(args))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    datasets.disable_progress_bars()
+    args = parse_args(argv)
+    try:
+        run(args)
+    except InputError as error:
+        raise SystemExit(f"pretrain.py: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
