@@ -253,6 +253,7 @@ def build_model(args: argparse.Namespace, vocab_size: int, positions: int) -> tr
     if args.model_type == "gpt2":
         config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=args.n_embd, n_layer=args.n_layer,
                                          n_head=args.n_head, resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
+                                         activation_function="gelu",  # exact, one fused op, as nanoGPT's nn.GELU (gelu_new: 9)
                                          bos_token_id=0, eos_token_id=0, use_cache=False, loss_type="ForCausalLM")
     else:
         config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=args.n_embd, intermediate_size=4 * args.n_embd,
@@ -262,12 +263,14 @@ def build_model(args: argparse.Namespace, vocab_size: int, positions: int) -> tr
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the matrices and embeddings only (2-D parameters), as nanoGPT decays."""
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices and embeddings only (2-D parameters), as nanoGPT decays; the fused kernel
+    where torch has one (a third of the update time of the default on 2 CPU cores)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, args.adam_beta2))
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, args.adam_beta2), fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, processes: int) -> Any:
@@ -344,7 +347,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
         served = get_dataloaders(args, tokenized, len(tokenizer))
     longest = max(len(ids) for ids in tokenized["train"]["input_ids"]) if args.packing == "flat" else 0  # a flat row is a whole line
     model = build_model(args, len(tokenizer), max(args.block_size, longest))
-    optimizer = make_optimizer(model, args)
+    optimizer = make_optimizer(model, args, accelerator.device)
     accelerator.register_for_checkpointing(served.order)  # the data order's epoch is part of a checkpoint
     model, optimizer, train_loader, served.validation = accelerator.prepare(model, optimizer, served.train, served.validation)
     scheduler = accelerator.prepare(make_scheduler(optimizer, args, accelerator.num_processes))
