@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Dataset
 
@@ -24,16 +25,15 @@ from .batching import PadOptions, Rows, assemble
 from .packing import BlockIndex, cut_blocks, flatten_rows
 from .plan import ColumnDtype, DtypePlan
 
-__all__ = ["BatchFetcher", "BlockFetcher", "Flat", "Padded", "batch_plan"]
+__all__ = ["BatchFetcher", "BlockFetcher", "Blocks", "Flat", "Padded", "batch_plan"]
 
 
-def batch_plan(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
+def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
     """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
 
-    By default every planned column that the dataset holds, and every derived column whose source
-    it holds, is batched; columns outside the plan are left out.
+    By default every planned column that the dataset (of ``schema``) holds, and every derived column
+    whose source it holds, is batched; columns outside the plan are left out.
     """
-    schema = dataset.data.table.schema
     depth = {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
     plan = plan.resolve([name for name, d in depth.items() if d == 1])
     derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
@@ -86,6 +86,23 @@ class Flat:
     def __call__(self, columns: dict[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
         return flatten_rows(columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
                             flash_attn_kwargs=self.flash_attn_kwargs, rows=rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """The blocks layout: ``block_size`` tokens of the rows laid end to end (``run_clm.py``'s ``group_texts``)."""
+
+    plan: DtypePlan
+    token: str
+    labels: str | None
+    block_size: int
+    separator: int | None
+    widen: str
+    document_positions: bool
+
+    def cut(self, index: BlockIndex, blocks: np.ndarray, columns: dict[str, Rows]) -> dict[str, torch.Tensor]:
+        return cut_blocks(index, blocks, columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
+                          document_positions=self.document_positions)
 
 
 class _Read(NamedTuple):
@@ -186,26 +203,22 @@ class BatchFetcher:
 
 
 class BlockFetcher:
-    """Blocks of ``block_size`` tokens of every row laid end to end: ``__getitems__(blocks)`` returns the batch of those blocks.
+    """Blocks of the rows laid end to end: ``__getitems__(blocks)`` returns the batch of those blocks.
 
     Args:
         dataset: the dataset, read in place, its rows in the order it is seen.
-        plan: the plan of the batches (``packing.packed_plan``).
-        token, labels: the token column and, for token classification, the label column (else None).
-        block_size, separator: as in ``hd.dataloader``.
-        widen: ``"device"`` (storage dtypes) or ``"cpu"`` (compute dtypes).
-        document_positions: add ``position_ids`` that restart at each row start.
+        layout: the ``Blocks`` layout.
     """
 
-    def __init__(self, dataset: Dataset, plan: DtypePlan, *, token: str, labels: str | None, block_size: int,
-                 separator: int | None, widen: str, document_positions: bool) -> None:
+    def __init__(self, dataset: Dataset, layout: Blocks) -> None:
         self.dataset = dataset
-        self.plan = plan
-        self.token, self.labels = token, labels
-        self.block_size, self.separator = block_size, separator
-        self.widen, self.document_positions = widen, document_positions
+        self.layout = layout
         self._rows: tuple[BlockIndex, dict[str, Rows]] | None = None
         self.num_blocks = self._stream()[0].num_blocks
+
+    @property
+    def plan(self) -> DtypePlan:
+        return self.layout.plan
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_rows": None}
@@ -213,12 +226,14 @@ class BlockFetcher:
     def _stream(self) -> tuple[BlockIndex, dict[str, Rows]]:
         """Every row of the stream, in order: where its values lie (per column) and where its tokens start in the stream."""
         if self._rows is None:
-            names = [self.token] + ([self.labels] if self.labels else [])
+            layout = self.layout
+            names = [layout.token] + ([layout.labels] if layout.labels else [])
             columns = _Reader(self.dataset, names).read(np.arange(len(self.dataset)))
-            lengths = columns[self.token].lengths
-            if self.labels is not None and not np.array_equal(columns[self.labels].lengths, lengths):
-                raise ValueError(f"Column {self.labels!r} has rows of other lengths than {self.token!r}; blocks need one label per token.")
-            self._rows = BlockIndex(lengths.astype(np.int64), self.block_size, self.separator), columns
+            lengths = columns[layout.token].lengths
+            if layout.labels is not None and not np.array_equal(columns[layout.labels].lengths, lengths):
+                raise ValueError(f"Column {layout.labels!r} has rows of other lengths than {layout.token!r}; blocks need one label "
+                                 "per token.")
+            self._rows = BlockIndex(lengths.astype(np.int64), layout.block_size, layout.separator), columns
         return self._rows
 
     def __len__(self) -> int:
@@ -228,9 +243,8 @@ class BlockFetcher:
         index, columns = self._stream()
         if len(blocks) and (min(blocks) < 0 or max(blocks) >= index.num_blocks):
             bad = next(int(b) for b in blocks if not 0 <= b < index.num_blocks)
-            raise IndexError(f"Block {bad} is out of range: the stream holds {index.num_blocks} blocks of {self.block_size} tokens.")
-        return cut_blocks(index, np.asarray(blocks, dtype=np.int64), columns, self.plan, token=self.token, labels=self.labels,
-                          widen=self.widen, document_positions=self.document_positions)
+            raise IndexError(f"Block {bad} is out of range: the stream holds {index.num_blocks} blocks of {index.block_size} tokens.")
+        return self.layout.cut(index, np.asarray(blocks, dtype=np.int64), columns)
 
     def __getitem__(self, block: int) -> dict[str, torch.Tensor]:
         return {name: value[0] for name, value in self.__getitems__([block]).items()}

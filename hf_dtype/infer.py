@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict
 
 from .arrow import arrow_leaf_dtype, flatten_leaf, list_depth
 from .dtypes import bfloat16_bits_to_float32, canonical_dtype, integer_range, is_float, narrow_float, smallest_integer_dtype
@@ -158,36 +158,48 @@ def _float_entry(stats: ColumnStats, pad: int | None, floats: str | None) -> Col
     return ColumnDtype(storage=storage, compute="bfloat16" if storage == "bfloat16" else "float32", pad=pad)
 
 
+def _sample(stream: IterableDataset, rows: int) -> tuple[pa.Table, Features | None]:
+    """The first ``rows`` rows of a stream, as one Arrow table, and the stream's features."""
+    table = next(iter(stream.with_format("arrow").iter(batch_size=rows)), None)
+    if table is None:
+        raise ValueError("The stream is empty: a plan needs at least one row to infer from.")
+    return table, stream.features
+
+
 def infer_plan(
-    dataset: Dataset | DatasetDict,
+    dataset: Dataset | DatasetDict | IterableDataset | IterableDatasetDict,
     *,
     vocab_size: int | None = None,
     pad_token_id: int | None = None,
     floats: str | None = None,
     derive: bool = True,
     columns: Iterable[str] | None = None,
+    sample_rows: int = 10_000,
 ) -> DtypePlan:
     """Propose the smallest lossless storage dtype for each numeric column of ``dataset``.
 
     Args:
-        dataset: a ``Dataset``, or a ``DatasetDict`` (one plan that holds every split).
+        dataset: a ``Dataset``, or a ``DatasetDict`` (one plan that holds every split); or a stream
+            (``IterableDataset``, ``IterableDatasetDict``), read no further than its first ``sample_rows``
+            rows: a later row outside the proposed range makes ``compact`` raise, naming it.
         vocab_size: store ``*input_ids`` columns in a dtype that holds every token id, not only those seen.
         pad_token_id: the pad value of ``*input_ids`` columns (default 0); label columns pad with -100.
         floats: ``"float16"`` or ``"bfloat16"`` to narrow float columns where no value overflows.
         derive: propose ``derived`` for all-ones / all-zeros sequence columns whose lengths match
             a stored sequence column (``attention_mask``, ``token_type_ids``).
         columns: only these columns (default: every numeric column, ``ClassLabel`` columns included).
+        sample_rows: for a stream, how many of its first rows to read.
     """
     floats = canonical_dtype(floats) if floats is not None else None
     if floats is not None and floats not in ("float16", "bfloat16"):
         raise ValueError(f"floats must be 'float16' or 'bfloat16'; got {floats!r}.")
-    if isinstance(dataset, DatasetDict):
-        splits = list(dataset.values())
-    elif isinstance(dataset, Dataset):
-        splits = [dataset]
-    else:
-        raise TypeError(f"infer_plan takes a datasets.Dataset or DatasetDict; got {type(dataset).__name__}.")
-    per_split = [table_stats(split.data.table, split.features) for split in splits]
+    splits = list(dataset.values()) if isinstance(dataset, (DatasetDict, IterableDatasetDict)) else [dataset]
+    if not splits or not all(isinstance(split, (Dataset, IterableDataset)) for split in splits):
+        raise TypeError(f"infer_plan takes a datasets.Dataset, DatasetDict, IterableDataset or IterableDatasetDict; "
+                        f"got {type(dataset).__name__}.")
+    streams = isinstance(splits[0], IterableDataset)
+    tables = [_sample(split, sample_rows) if streams else (split.data.table, split.features) for split in splits]
+    per_split = [table_stats(table, features) for table, features in tables]
     names = [name for name in per_split[0] if all(name in stats for stats in per_split)]
     if columns is not None:
         wanted = list(columns)
@@ -201,7 +213,11 @@ def infer_plan(
         for other in per_split[1:]:
             merged = merged.merge(other[name])
         stats[name] = merged
-    return plan_from_stats(stats, vocab_size=vocab_size, pad_token_id=pad_token_id, floats=floats, derive=derive)
+    plan = plan_from_stats(stats, vocab_size=vocab_size, pad_token_id=pad_token_id, floats=floats, derive=derive)
+    if streams:
+        rows = sum(table.num_rows for table, _ in tables)
+        return DtypePlan(plan.columns, note=f"inferred from the first {rows:,} rows of the stream; give vocab_size= for token ids")
+    return plan
 
 
 def plan_from_stats(stats: dict[str, ColumnStats], *, vocab_size: int | None, pad_token_id: int | None, floats: str | None,

@@ -20,16 +20,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from .arrow import arrow_leaf_dtype, list_depth
 from .batching import PadOptions
-from .fetch import BatchFetcher, BlockFetcher, Flat, Padded, batch_plan
+from .fetch import BatchFetcher, BlockFetcher, Blocks, Flat, Padded, batch_plan
 from .packing import PACKINGS, check_separator, packed_plan
 from .plan import DtypePlan, as_plan
 from .recording import NO_PLAN, plan_of
+from .streams import StreamBatches, StreamDataLoader, split_stream
 
 __all__ = ["ArrowDataLoader", "EpochBatchSampler", "EpochSampler", "dataloader"]
 
@@ -146,9 +148,8 @@ def _check_int(name: str, value: Any, *, positive: bool) -> None:
         raise ValueError(f"{name} must be {'a positive integer' if positive else 'an integer'}; got {value!r}.")
 
 
-def _packed_columns(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None, packing: str) -> tuple[str, str | None]:
+def _packed_columns(schema: pa.Schema, columns: Sequence[str] | str | None, packing: str) -> tuple[str, str | None]:
     """The token column of a packed loader and its label column (token classification), checked."""
-    schema = dataset.data.table.schema
     lists = [field.name for field in schema if list_depth(field.type) == 1 and arrow_leaf_dtype(field.type) is not None]
     names = [columns] if isinstance(columns, str) else list(columns or [])
     token = names[0] if names else "input_ids"
@@ -158,6 +159,34 @@ def _packed_columns(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | 
             raise ValueError(f"packing={packing!r} needs list columns of numbers: {name!r} is not one; the dataset's list columns "
                              f"are {lists} (name the token column, and the label column if any, with columns=).")
     return token, labels
+
+
+def _layout(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, options: PadOptions, packing: str | None,
+            block_size: int | None, separator: int | None, document_positions: bool,
+            flash_attn_kwargs: bool) -> tuple[Padded | Flat | Blocks, list[str]]:
+    """The layout of the batches, its options checked, and the stored columns to read for it."""
+    if packing not in (None, *PACKINGS):
+        raise ValueError(f"packing must be None (padded rows), 'blocks' or 'flat'; got {packing!r}.")
+    given = {"block_size": block_size is not None, "separator": separator is not None, "document_positions": document_positions}
+    misplaced = [name for name, used in given.items() if used and packing != "blocks"]
+    misplaced += ["flash_attn_kwargs"] if flash_attn_kwargs and packing != "flat" else []
+    misplaced += [name for name in ("pad_to_multiple_of", "max_length") if packing and getattr(options, name) is not None]
+    if misplaced:
+        raise ValueError(f"{misplaced} do not apply to packing={packing!r}: block_size, separator and document_positions are for "
+                         "'blocks', flash_attn_kwargs for 'flat', pad_to_multiple_of and max_length for padded batches (None).")
+    if packing is None:
+        served_plan, names = batch_plan(schema, plan, columns)
+        sources = [served_plan[name].lengths_from for name in names if name not in schema.names]
+        return Padded(served_plan, names, options), [*(name for name in names if name in schema.names), *sources]
+    token, labels = _packed_columns(schema, columns, packing)
+    read = [token] + ([labels] if labels else [])
+    plan, _ = batch_plan(schema, plan, read)
+    if packing == "flat":
+        return Flat(packed_plan(plan, token, labels, positions=None), token, labels, options.widen, bool(flash_attn_kwargs)), read
+    _check_int("block_size", block_size, positive=True)
+    check_separator(separator, plan[token], token)
+    return Blocks(packed_plan(plan, token, labels, positions=block_size - 1), token, labels, block_size, separator, options.widen,
+                  bool(document_positions)), read
 
 
 def dataloader(
@@ -180,15 +209,18 @@ def dataloader(
     separator: int | None = None,
     document_positions: bool = False,
     flash_attn_kwargs: bool = False,
+    buffer_size: int = 1000,
     **dataloader_kwargs: Any,
-) -> ArrowDataLoader:
+) -> ArrowDataLoader | StreamDataLoader:
     """A ``DataLoader`` of batches of ``dataset`` gathered from its Arrow buffers, vectorized: padded, packed or flat.
 
     Args:
         dataset: a ``datasets.Dataset``, usually compacted; ``shuffle`` / ``select`` / ``filter``
-            views and memory-mapped, multi-file datasets are read in place, never copied.
+            views and memory-mapped, multi-file datasets are read in place, never copied. Or a
+            stream (``IterableDataset``): see ``streams.py``.
         batch_size: rows (blocks, for ``packing="blocks"``) per batch.
-        shuffle, drop_last: as in ``DataLoader``; the order is the permutation of ``seed + epoch``.
+        shuffle, drop_last: as in ``DataLoader``; the order is the permutation of ``seed + epoch``
+            (a stream: ``datasets``' buffer shuffle of ``buffer_size`` rows, with ``seed``).
         seed: the seed of the order (the same on every process).
         num_workers, pin_memory: as in ``DataLoader``.
         pad_to_multiple_of, max_length, padding_side: how padded batches are padded (``packing=None``).
@@ -204,15 +236,16 @@ def dataloader(
         block_size, separator, document_positions: for ``"blocks"``: the block length, a token id
             appended after each row, and ``position_ids`` that restart at every row start.
         flash_attn_kwargs: for ``"flat"``: add ``cu_seq_lens_q/k`` and ``max_length_q/k``.
+        buffer_size: the shuffle buffer of a stream.
         **dataloader_kwargs: passed on to ``DataLoader`` (``multiprocessing_context``,
             ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ``generator``, ...).
 
     Returns:
-        An ``ArrowDataLoader``; each batch is a dict of tensors (padded: ``(batch, width)`` and
+        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a dict of tensors (padded: ``(batch, width)`` and
         ``(batch,)``, with ``label`` / ``label_ids`` renamed ``labels``).
     """
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataloader takes a datasets.Dataset (one split); got {type(dataset).__name__}.")
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        raise TypeError(f"dataloader takes a datasets.Dataset or IterableDataset (one split); got {type(dataset).__name__}.")
     _check_int("batch_size", batch_size, positive=True)
     _check_int("seed", seed, positive=False)
     taken = sorted(set(dataloader_kwargs) & set(_SET_BY_DATALOADER))
@@ -221,8 +254,24 @@ def dataloader(
     options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
     plan = as_plan(plan) or plan_of(dataset)
     if plan is None:
-        raise ValueError(NO_PLAN.replace("Dataset.with_format", "dataloader"))
-    fetcher = _fetcher(dataset, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs)
+        raise ValueError(NO_PLAN.replace("pass plan= to Dataset.with_format", "pass plan="))
+    stream = isinstance(dataset, IterableDataset)
+    schema = _stream_schema(dataset) if stream else dataset.data.table.schema
+    layout, read = _layout(schema, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs)
+    if stream:
+        if dataloader_kwargs.pop("generator", None) is not None:
+            raise TypeError("A stream is shuffled by datasets (seed=, buffer_size=): it takes no generator.")
+        stream = split_stream(dataset.shuffle(seed=seed, buffer_size=buffer_size) if shuffle else dataset)
+        return StreamDataLoader(StreamBatches(stream, read, layout, batch_size, drop_last), batch_size=None, collate_fn=_passthrough,
+                                num_workers=num_workers, pin_memory=pin_memory, **dataloader_kwargs)
+    if isinstance(layout, Blocks):
+        fetcher = BlockFetcher(dataset, layout)
+        if fetcher.num_blocks == 0:
+            tokens = int(fetcher._stream()[0].stream[-1])
+            raise ValueError(f"block_size {block_size} is larger than the token stream of {layout.token!r} ({tokens} tokens over "
+                             f"{len(dataset)} rows): no block can be made; expected a block_size of at most {tokens}.")
+    else:
+        fetcher = BatchFetcher(dataset, read, layout)
     dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
     return ArrowDataLoader(
         fetcher,
@@ -234,37 +283,11 @@ def dataloader(
     )
 
 
-def _fetcher(dataset: Dataset, plan: DtypePlan, columns: Sequence[str] | str | None, options: PadOptions, packing: str | None,
-             block_size: int | None, separator: int | None, document_positions: bool,
-             flash_attn_kwargs: bool) -> BatchFetcher | BlockFetcher:
-    """The map-style dataset of the loader: the layout's fetcher, its options checked."""
-    if packing not in (None, *PACKINGS):
-        raise ValueError(f"packing must be None (padded rows), 'blocks' or 'flat'; got {packing!r}.")
-    given = {"block_size": block_size is not None, "separator": separator is not None, "document_positions": document_positions}
-    misplaced = [name for name, used in given.items() if used and packing != "blocks"]
-    misplaced += ["flash_attn_kwargs"] if flash_attn_kwargs and packing != "flat" else []
-    misplaced += [name for name in ("pad_to_multiple_of", "max_length") if packing and getattr(options, name) is not None]
-    if misplaced:
-        raise ValueError(f"{misplaced} do not apply to packing={packing!r}: block_size, separator and document_positions are for "
-                         "'blocks', flash_attn_kwargs for 'flat', pad_to_multiple_of and max_length for padded batches (None).")
-    if packing is None:
-        served_plan, names = batch_plan(dataset, plan, columns)
-        sources = [served_plan[name].lengths_from for name in names if name not in dataset.column_names]
-        return BatchFetcher(dataset, [*(n for n in names if n in dataset.column_names), *sources], Padded(served_plan, names, options))
-    token, labels = _packed_columns(dataset, plan, columns, packing)
-    plan, _ = batch_plan(dataset, plan, [token] + ([labels] if labels else []))
-    if packing == "flat":
-        layout = Flat(packed_plan(plan, token, labels, positions=None), token, labels, options.widen, bool(flash_attn_kwargs))
-        return BatchFetcher(dataset, [token] + ([labels] if labels else []), layout)
-    _check_int("block_size", block_size, positive=True)
-    check_separator(separator, plan[token], token)
-    fetcher = BlockFetcher(dataset, packed_plan(plan, token, labels, positions=block_size - 1), token=token, labels=labels,
-                           block_size=block_size, separator=separator, widen=options.widen, document_positions=bool(document_positions))
-    if fetcher.num_blocks == 0:
-        tokens = int(fetcher._stream()[0].stream[-1])
-        raise ValueError(f"block_size {block_size} is larger than the token stream of {token!r} ({tokens} tokens over {len(dataset)} "
-                         f"rows): no block can be made; expected a block_size of at most {tokens}.")
-    return fetcher
+def _stream_schema(stream: IterableDataset) -> pa.Schema:
+    if stream.features is None:
+        raise ValueError("The stream does not know its columns (features is None): give it features, e.g. with "
+                         "stream.cast(features), or compact it (hd.compact), which records them.")
+    return stream.features.arrow_schema
 
 
 def _passthrough(batch: dict[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class DtypePlan(Mapping[str, ColumnDtype]):
     """The column dtypes of one dataset, by column name. Columns outside the plan are left as they are."""
 
     columns: Mapping[str, ColumnDtype] = field(default_factory=dict)
+    note: str = field(default="", compare=False)  # where the plan came from, printed under its table (not saved)
 
     def __post_init__(self) -> None:
         if not isinstance(self.columns, Mapping):
@@ -242,7 +243,7 @@ class DtypePlan(Mapping[str, ColumnDtype]):
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * width for width in widths))
-        return "\n".join(lines)
+        return "\n".join(lines + ([f"({self.note})"] if self.note else []))
 
     def __repr__(self) -> str:
         return f"DtypePlan({self.to_dict()!r})"

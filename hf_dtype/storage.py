@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict
 
 from .arrow import arrow_leaf_dtype, flatten_leaf, leaf_row, list_depth, row_lengths
 from .casting import cast_array
@@ -112,8 +112,28 @@ def _compact_split(dataset: Dataset, plan: DtypePlan | Mapping | None, *, exact:
     return compacted.with_format(None)
 
 
+def _compact_stream(stream: IterableDataset, plan: DtypePlan | Mapping | None, *, exact: bool,
+                    infer_options: dict[str, Any]) -> IterableDataset:
+    """A stream that casts each Arrow batch as it is read, with the checks of ``compact``; its features carry the plan."""
+    if plan is None:
+        from .infer import infer_plan
+
+        plan = infer_plan(stream, **infer_options)
+    features = stream.features
+    if features is None:  # a stream of JSON or text files knows its columns once it is read
+        first = next(iter(stream.with_format("arrow").iter(batch_size=1)), None)
+        if first is None:
+            raise ValueError("The stream is empty: nothing to compact.")
+        features = Features.from_arrow_schema(first.schema)
+    plan = resolve_for(features.arrow_schema, features, plan)
+    return stream.with_format("arrow").map(
+        _BatchCaster(plan, plan_of(stream), exact), batched=True, with_indices=True, features=record_plan(features, plan),
+        remove_columns=[name for name in plan.derived if name in features],
+    ).with_format(None)
+
+
 def compact(
-    dataset: Dataset | DatasetDict,
+    dataset: Dataset | DatasetDict | IterableDataset | IterableDatasetDict,
     plan: DtypePlan | Mapping[str, Any] | None = None,
     *,
     exact: bool = False,
@@ -125,7 +145,8 @@ def compact(
     """Store each planned column of ``dataset`` in its storage dtype, checked, and record the plan.
 
     Args:
-        dataset: a ``Dataset`` or ``DatasetDict``; it is not modified.
+        dataset: a ``Dataset`` or ``DatasetDict``, or a stream (``IterableDataset``,
+            ``IterableDatasetDict``), cast lazily as it is read; it is not modified.
         plan: a ``DtypePlan`` or its dict form; ``None`` infers one (``infer_plan``) that holds every split.
         exact: also require float narrowing to be exact (float16 / bfloat16 of float32 data).
         num_proc: processes for the underlying ``map``.
@@ -139,6 +160,15 @@ def compact(
         ValueError: a plan that does not fit the dataset (unknown column, non-numeric column, ...).
     """
     infer_options = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, floats=floats)
+    if isinstance(dataset, IterableDataset):
+        return _compact_stream(dataset, plan, exact=exact, infer_options=infer_options)
+    if isinstance(dataset, IterableDatasetDict):
+        if plan is None:
+            from .infer import infer_plan
+
+            plan = infer_plan(dataset, **infer_options)
+        return IterableDatasetDict({split: _compact_stream(part, plan, exact=exact, infer_options=infer_options)
+                                    for split, part in dataset.items()})
     if isinstance(dataset, DatasetDict):
         if plan is None:
             from .infer import infer_plan
@@ -147,5 +177,6 @@ def compact(
         return DatasetDict({split: _compact_split(part, plan, exact=exact, num_proc=num_proc, infer_options=infer_options)
                             for split, part in dataset.items()})
     if not isinstance(dataset, Dataset):
-        raise TypeError(f"compact takes a datasets.Dataset or DatasetDict; got {type(dataset).__name__}.")
+        raise TypeError(f"compact takes a datasets.Dataset, DatasetDict, IterableDataset or IterableDatasetDict; "
+                        f"got {type(dataset).__name__}.")
     return _compact_split(dataset, plan, exact=exact, num_proc=num_proc, infer_options=infer_options)

@@ -446,7 +446,7 @@ def test_no_plan(ner_rows):
 
 
 def test_not_a_dataset(compacted):
-    with pytest.raises(TypeError, match=r"takes a datasets.Dataset \(one split\); got DatasetDict"):
+    with pytest.raises(TypeError, match=r"takes a datasets.Dataset or IterableDataset \(one split\); got DatasetDict"):
         hd.dataloader(datasets.DatasetDict({"train": compacted}), 4)
 
 

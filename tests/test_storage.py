@@ -231,7 +231,7 @@ def test_nested_lists_keep_their_shape():
 
 
 def test_compact_rejects_other_types():
-    with pytest.raises(TypeError, match=r"takes a datasets\.Dataset or DatasetDict; got list"):
+    with pytest.raises(TypeError, match=r"takes a datasets\.Dataset, DatasetDict, IterableDataset or IterableDatasetDict; got list"):
         hd.compact([1, 2])
 
 

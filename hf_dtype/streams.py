@@ -1,0 +1,189 @@
+"""``dataloader`` on a stream (``IterableDataset``): the same batches, built from the stream's Arrow record batches.
+
+The stream is read with ``datasets``' own machinery: ``iter(batch_size)`` in Arrow format hands
+over record batches of ``batch_size`` rows (padded and flat layouts take one each; blocks are cut
+from the rows laid end to end, the remainder carried to the next), ``shuffle`` is its buffer
+shuffle, ``set_epoch`` its epoch, and its ``state_dict`` the position a resumed run starts from.
+Each process takes its part with ``split_dataset_by_node`` (by shards when they divide evenly,
+else by rows) and each ``DataLoader`` worker its share of the process's shards, so every row is
+read by one worker of one process per epoch.
+
+``accelerate`` would split a stream a second time (accelerate issue 3547), so the loader tells
+``accelerator.prepare`` that it is prepared already: ``prepare`` hands it back as it is, and
+``save_state`` / ``load_state`` keep its position (it is a stateful loader to them). It moves each
+batch to ``accelerate``'s device itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import IterableDataset
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+
+from .arrow import flatten_leaf
+from .batching import Rows
+from .packing import BlockIndex
+
+__all__ = ["StreamBatches", "StreamDataLoader", "process_rank", "rows_of_table", "split_stream"]
+
+logger = logging.getLogger(__name__)
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: accelerate's when it is set up, else torch.distributed's, else ``(0, 1)``."""
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state:
+        state = PartialState()
+        return state.process_index, state.num_processes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def rows_of_table(table: pa.Table, names: Sequence[str]) -> dict[str, Rows]:
+    """The columns ``names`` of a record batch as ``Rows`` (numpy views of its buffers, read-only)."""
+    columns = {}
+    for name in names:
+        leaf, levels = flatten_leaf(table.column(name))
+        values = leaf.to_numpy(zero_copy_only=False)
+        if not levels:
+            columns[name] = Rows(values, values.dtype)
+        else:
+            offsets = levels[0].astype(np.int64)
+            columns[name] = Rows(values, values.dtype, offsets[:-1], np.diff(offsets))
+    return columns
+
+
+class StreamBatches(torch.utils.data.IterableDataset):
+    """The batches of one process's part of the stream (and of one worker's share of it)."""
+
+    def __init__(self, stream: IterableDataset, read: list[str], layout: Any, batch_size: int, drop_last: bool) -> None:
+        self.stream, self.read, self.layout = stream, read, layout
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.blocks = layout if hasattr(layout, "block_size") else None
+        self.leftover: dict[str, np.ndarray] | None = None  # tokens read but not yet cut into a block (blocks only)
+
+    def _stream(self) -> IterableDataset | None:
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.num_workers == 1:
+            return self.stream
+        if info.id >= self.stream.num_shards:
+            if info.id == self.stream.num_shards:
+                logger.warning("%d DataLoader workers for %d shards: the last %d workers read nothing.", info.num_workers,
+                               self.stream.num_shards, info.num_workers - self.stream.num_shards)
+            return None
+        return self.stream.shard(num_shards=info.num_workers, index=info.id, contiguous=False)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stream = self._stream()
+        if stream is None:
+            return
+        tables = stream.with_format("arrow").iter(batch_size=self.batch_size, drop_last_batch=self.drop_last and not self.blocks)
+        if self.blocks is None:
+            for number, table in enumerate(tables):
+                yield self.layout(rows_of_table(table, self.read), [f"{i} of stream batch {number}" for i in range(table.num_rows)])
+            return
+        yield from self._cut(tables)
+
+    def _cut(self, tables: Iterator[pa.Table]) -> Iterator[dict[str, Any]]:
+        """Blocks from the rows laid end to end: each full batch of blocks as soon as its tokens have been read; the tokens
+        left over wait for the next record batch (and are part of the loader's state)."""
+        size = self.blocks.block_size * self.batch_size
+        carried = self.leftover or {name: np.zeros(0, dtype=np.int64) for name in self.read} | {"starts": np.zeros(0, dtype=bool)}
+        for table in tables:
+            laid = self._lay_out(rows_of_table(table, self.read))
+            carried = {name: np.concatenate([carried[name], laid[name]]) for name in carried}
+            while len(carried["starts"]) >= size:
+                yield self._batch({name: values[:size] for name, values in carried.items()}, self.batch_size)
+                carried = {name: values[size:] for name, values in carried.items()}
+            self.leftover = carried
+        whole = len(carried["starts"]) // self.blocks.block_size
+        if whole and not self.drop_last:
+            yield self._batch({name: values[:whole * self.blocks.block_size] for name, values in carried.items()}, whole)
+        self.leftover = None
+
+    def _lay_out(self, rows: dict[str, Rows]) -> dict[str, np.ndarray]:
+        """A record batch's rows end to end (a separator after each, -100 in a label column), and where each row starts."""
+        separator, lengths = self.blocks.separator, rows[self.read[0]].lengths
+        size = lengths + (separator is not None)
+        bounds = np.zeros(len(size) + 1, dtype=np.int64)
+        np.cumsum(size, out=bounds[1:])
+        within = np.arange(bounds[-1]) - np.repeat(bounds[:-1], size)
+        laid = {"starts": np.zeros(bounds[-1], dtype=bool)}
+        laid["starts"][bounds[:-1][size > 0]] = True
+        last = np.repeat(np.maximum(lengths - 1, 0), size)
+        for name in self.read:
+            values = rows[name].values
+            laid[name] = values[np.repeat(rows[name].starts, size) + np.minimum(within, last)] if len(values) else \
+                np.zeros(bounds[-1], dtype=values.dtype)
+            if separator is not None:
+                laid[name][within == np.repeat(lengths, size)] = -100 if name != self.read[0] else separator
+        return laid
+
+    def _batch(self, carried: dict[str, np.ndarray], count: int) -> dict[str, torch.Tensor]:
+        """``count`` blocks of contiguous tokens, cut as map-style blocks are cut (``packing.cut_blocks``)."""
+        piece_starts = np.flatnonzero(carried["starts"])
+        if not len(piece_starts) or piece_starts[0]:  # the buffer opens on the rest of a row
+            piece_starts = np.concatenate([[0], piece_starts])
+        lengths = np.diff(np.append(piece_starts, len(carried["starts"])))
+        columns = {name: Rows(carried[name], carried[name].dtype, piece_starts, lengths) for name in self.read}
+        return self.blocks.cut(BlockIndex(lengths, self.blocks.block_size, None), np.arange(count), columns)
+
+
+class StreamDataLoader(DataLoader):
+    """A ``DataLoader`` of batches of a stream, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves."""
+
+    _is_accelerate_prepared = True  # already split by process: accelerate.prepare hands it back as it is (accelerate issue 3547)
+    use_stateful_dataloader = True  # accelerate's save_state / load_state call state_dict / load_state_dict
+
+    @property
+    def plan(self) -> Any:
+        """The plan of the served columns; ``plan.widen(batch)`` gives the compute dtypes."""
+        return self.dataset.layout.plan
+
+    def set_epoch(self, epoch: int) -> None:
+        """The stream's epoch: its shards and shuffle buffer are reshuffled with ``seed + epoch``."""
+        self.dataset.stream.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's position (``IterableDataset.state_dict``) and the tokens read but not yet cut into a block."""
+        if self.num_workers:
+            raise ValueError("The position of a stream read by DataLoader workers is theirs to know: resume with num_workers=0, "
+                             "or use torchdata's StatefulDataLoader.")
+        leftover = self.dataset.leftover
+        return {"stream": self.dataset.stream.state_dict(),
+                "leftover": None if leftover is None else {name: values.tolist() for name, values in leftover.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.dataset.stream.load_state_dict(state["stream"])
+        leftover = state.get("leftover")
+        self.dataset.leftover = None if leftover is None else {
+            name: np.asarray(values, dtype=bool if name == "starts" else None) for name, values in leftover.items()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from accelerate.state import PartialState
+
+        device = PartialState().device if PartialState._shared_state else None
+        for batch in super().__iter__():
+            if device is not None and device.type != "cpu":
+                batch = {name: value.to(device, non_blocking=self.pin_memory) if torch.is_tensor(value) else value
+                         for name, value in batch.items()}
+            yield batch
+
+
+def split_stream(stream: IterableDataset) -> IterableDataset:
+    """This process's part of ``stream`` (``split_dataset_by_node``), checked: every process must get rows."""
+    rank, world = process_rank()
+    if world == 1:
+        return stream
+    if stream.num_shards % world and stream.num_shards < world:
+        logger.info("%d shards for %d processes: each process reads every row and keeps 1 in %d.", stream.num_shards, world, world)
+    return split_dataset_by_node(stream, rank=rank, world_size=world)
