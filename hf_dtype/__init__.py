@@ -17,6 +17,7 @@ from .storage import compact
 __all__ = [
     "ColumnDtype",
     "DtypePlan",
+    "DtypeTrainer",
     "DtypeTransform",
     "LossyCastError",
     "PaddingCollator",
@@ -27,3 +28,12 @@ __all__ = [
 ]
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    """``DtypeTrainer`` is imported on first use: ``transformers.Trainer`` takes seconds to import."""
+    if name == "DtypeTrainer":
+        from .trainer import DtypeTrainer
+
+        return DtypeTrainer
+    raise AttributeError(f"module 'hf_dtype' has no attribute {name!r}")
