@@ -142,8 +142,8 @@ def _flatten_python(rows: list) -> tuple[list, list[np.ndarray]]:
 class DtypeTransform:
     """A ``set_transform`` / ``with_transform`` callable that serves planned columns in compute dtypes.
 
-    It works on any dataset, streams included (``IterableDataset.with_transform`` takes no format
-    arguments, so this is how a stream gets an explicit plan).
+    On a stream, ``stream.map(DtypeTransform(plan), batched=True)`` is how it gets an explicit plan
+    (``IterableDataset.with_format`` takes no format arguments).
 
     Args:
         plan: the plan; its derived columns are rebuilt from the lengths of their source column.

@@ -254,7 +254,8 @@ def dataloader(
     options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
     plan = as_plan(plan) or plan_of(dataset)
     if plan is None:
-        raise ValueError(NO_PLAN.replace("pass plan= to Dataset.with_format", "pass plan="))
+        raise ValueError(NO_PLAN.replace(", pass plan= to Dataset.with_format, or apply hd.DtypeTransform(plan): ds.with_transform(...) "
+                                         "on a Dataset, stream.map(..., batched=True) on a stream.", " or pass plan=."))
     stream = isinstance(dataset, IterableDataset)
     schema = _stream_schema(dataset) if stream else dataset.data.table.schema
     layout, read = _layout(schema, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs)

@@ -22,8 +22,8 @@ __all__ = ["NO_PLAN", "leaf_feature", "plan_of", "plan_of_features", "record_pla
 
 _MARKER = "hf_dtype/1 "
 
-NO_PLAN = ("The dataset carries no dtype plan: compact it first (hd.compact), pass plan= to Dataset.with_format, or use "
-           "with_transform(hd.DtypeTransform(plan)), which takes a plan on any dataset, streams included.")
+NO_PLAN = ("The dataset carries no dtype plan: compact it first (hd.compact, lazy on a stream), pass plan= to Dataset.with_format, "
+           "or apply hd.DtypeTransform(plan): ds.with_transform(...) on a Dataset, stream.map(..., batched=True) on a stream.")
 
 
 def leaf_feature(feature: Any) -> Any:

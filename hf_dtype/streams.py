@@ -66,9 +66,11 @@ class StreamBatches(torch.utils.data.IterableDataset):
     """The batches of one process's part of the stream (and of one worker's share of it)."""
 
     def __init__(self, stream: IterableDataset, read: list[str], layout: Any, batch_size: int, drop_last: bool) -> None:
-        self.stream, self.read, self.layout = stream, read, layout
+        self.stream = stream.with_format("arrow")  # the one object iterated, so that its epoch and position are the loader's
+        self.read, self.layout = read, layout
         self.batch_size, self.drop_last = batch_size, drop_last
         self.blocks = layout if hasattr(layout, "block_size") else None
+        self.process = process_rank()
         self.leftover: dict[str, np.ndarray] | None = None  # tokens read but not yet cut into a block (blocks only)
 
     def _stream(self) -> IterableDataset | None:
@@ -86,12 +88,18 @@ class StreamBatches(torch.utils.data.IterableDataset):
         stream = self._stream()
         if stream is None:
             return
-        tables = stream.with_format("arrow").iter(batch_size=self.batch_size, drop_last_batch=self.drop_last and not self.blocks)
-        if self.blocks is None:
-            for number, table in enumerate(tables):
-                yield self.layout(rows_of_table(table, self.read), [f"{i} of stream batch {number}" for i in range(table.num_rows)])
-            return
-        yield from self._cut(tables)
+        tables = stream.iter(batch_size=self.batch_size, drop_last_batch=self.drop_last and not self.blocks)
+        batches = self._cut(tables) if self.blocks is not None else (
+            self.layout(rows_of_table(table, self.read), [f"{i} of stream batch {number}" for i in range(table.num_rows)])
+            for number, table in enumerate(tables))
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        rank, world = self.process
+        if empty and world > 1 and torch.utils.data.get_worker_info() is None:  # the others would wait for it for ever
+            raise ValueError(f"Process {rank} of {world} got no row of the stream: it has fewer rows (or shards) than processes; "
+                             "expected at least one row for each process.")
 
     def _cut(self, tables: Iterator[pa.Table]) -> Iterator[dict[str, Any]]:
         """Blocks from the rows laid end to end: each full batch of blocks as soon as its tokens have been read; the tokens
@@ -102,8 +110,9 @@ class StreamBatches(torch.utils.data.IterableDataset):
             laid = self._lay_out(rows_of_table(table, self.read))
             carried = {name: np.concatenate([carried[name], laid[name]]) for name in carried}
             while len(carried["starts"]) >= size:
-                yield self._batch({name: values[:size] for name, values in carried.items()}, self.batch_size)
-                carried = {name: values[size:] for name, values in carried.items()}
+                batch = {name: values[:size] for name, values in carried.items()}
+                carried = self.leftover = {name: values[size:] for name, values in carried.items()}
+                yield self._batch(batch, self.batch_size)
             self.leftover = carried
         whole = len(carried["starts"]) // self.blocks.block_size
         if whole and not self.drop_last:
@@ -180,7 +189,7 @@ class StreamDataLoader(DataLoader):
 
 
 def split_stream(stream: IterableDataset) -> IterableDataset:
-    """This process's part of ``stream`` (``split_dataset_by_node``), checked: every process must get rows."""
+    """This process's part of ``stream`` (``split_dataset_by_node``): by shards when they divide evenly, else by rows."""
     rank, world = process_rank()
     if world == 1:
         return stream

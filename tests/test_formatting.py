@@ -73,7 +73,7 @@ def test_output_all_columns(small):
 
 
 def test_format_errors(tokenized, small):
-    with pytest.raises(ValueError, match=r"no dtype plan: compact it first.*plan= to Dataset.with_format, or use with_transform"):
+    with pytest.raises(ValueError, match=r"no dtype plan: compact it first.*plan= to Dataset.with_format, or apply hd.DtypeTransform"):
         tokenized.with_format("hf_dtype")[0]
     with pytest.raises(ValueError, match="Unknown backend 'jax': expected one of torch, numpy"):
         small.with_format("hf_dtype", backend="jax")[0]
