@@ -49,13 +49,14 @@ def process_rank() -> tuple[int, int]:
 
 
 def rows_of_table(table: pa.Table, names: Sequence[str]) -> dict[str, Rows]:
-    """The columns ``names`` of a record batch as ``Rows`` (numpy views of its buffers, read-only)."""
+    """The columns ``names`` of a record batch as ``Rows``: list values are read-only views of its buffers (the layouts
+    gather from them), numbers a copy (a batch of numbers is served as it is)."""
     columns = {}
     for name in names:
         leaf, levels = flatten_leaf(table.column(name))
         values = leaf.to_numpy(zero_copy_only=False)
         if not levels:
-            columns[name] = Rows(values, values.dtype)
+            columns[name] = Rows(np.array(values), values.dtype)
         else:
             offsets = levels[0].astype(np.int64)
             columns[name] = Rows(values, values.dtype, offsets[:-1], np.diff(offsets))

@@ -48,6 +48,7 @@ def _outputs(ds: datasets.Dataset) -> list:
     for widen in ("device", "cpu"):
         out.append(next(iter(hd.dataloader(ds, 2, widen=widen))))
         out.append(hd.dataloader(ds, 2, widen=widen).dataset[1])
+        out.append(next(iter(hd.dataloader(ds.to_iterable_dataset(), 2, widen=widen))))  # a stream of the same rows
     rows = [{name: value for name, value in row.items() if name != "attention_mask"} for row in ds.with_format("numpy")]
     out.append(hd.PaddingCollator(plan)(rows))
     out.append(pad_batch(rows, plan, widen="device"))
