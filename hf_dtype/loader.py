@@ -263,8 +263,8 @@ def dataloader(
         if dataloader_kwargs.pop("generator", None) is not None:
             raise TypeError("A stream is shuffled by datasets (seed=, buffer_size=): it takes no generator.")
         stream = split_stream(dataset.shuffle(seed=seed, buffer_size=buffer_size) if shuffle else dataset)
-        return StreamDataLoader(StreamBatches(stream, read, layout, batch_size, drop_last), batch_size=None, collate_fn=_passthrough,
-                                num_workers=num_workers, pin_memory=pin_memory, **dataloader_kwargs)
+        return StreamDataLoader(StreamBatches(stream, read, layout, batch_size, drop_last, bool(shuffle)), batch_size=None,
+                                collate_fn=_passthrough, num_workers=num_workers, pin_memory=pin_memory, **dataloader_kwargs)
     if isinstance(layout, Blocks):
         fetcher = BlockFetcher(dataset, layout)
         if fetcher.num_blocks == 0:

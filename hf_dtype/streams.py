@@ -66,13 +66,16 @@ def rows_of_table(table: pa.Table, names: Sequence[str]) -> dict[str, Rows]:
 class StreamBatches(torch.utils.data.IterableDataset):
     """The batches of one process's part of the stream (and of one worker's share of it)."""
 
-    def __init__(self, stream: IterableDataset, read: list[str], layout: Any, batch_size: int, drop_last: bool) -> None:
+    def __init__(self, stream: IterableDataset, read: list[str], layout: Any, batch_size: int, drop_last: bool,
+                 shuffled: bool) -> None:
         self.stream = stream.with_format("arrow")  # the one object iterated, so that its epoch and position are the loader's
         self.read, self.layout = read, layout
-        self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_size, self.drop_last, self.shuffled = batch_size, drop_last, shuffled
         self.blocks = layout if hasattr(layout, "block_size") else None
         self.process = process_rank()
         self.leftover: dict[str, np.ndarray] | None = None  # tokens read but not yet cut into a block (blocks only)
+        self.position = 0  # batches handed out in the pass under way
+        self.replay = 0  # batches of the pass to read again without handing them out (a shuffled stream resumed)
 
     def _stream(self) -> IterableDataset | None:
         info = torch.utils.data.get_worker_info()
@@ -83,7 +86,9 @@ class StreamBatches(torch.utils.data.IterableDataset):
                 logger.warning("%d DataLoader workers for %d shards: the last %d workers read nothing.", info.num_workers,
                                self.stream.num_shards, info.num_workers - self.stream.num_shards)
             return None
-        return self.stream.shard(num_shards=info.num_workers, index=info.id, contiguous=False)
+        share = self.stream.shard(num_shards=info.num_workers, index=info.id, contiguous=False)
+        share.set_epoch(self.stream.epoch)  # shard() starts its copy at epoch 0
+        return share
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self._stream()
@@ -93,10 +98,12 @@ class StreamBatches(torch.utils.data.IterableDataset):
         batches = self._cut(tables) if self.blocks is not None else (
             self.layout(rows_of_table(table, self.read), [f"{i} of stream batch {number}" for i in range(table.num_rows)])
             for number, table in enumerate(tables))
-        empty = True
+        empty, self.position = True, 0
         for batch in batches:
-            empty = False
-            yield batch
+            empty, self.position = False, self.position + 1
+            if self.position > self.replay:
+                yield batch
+        self.replay = 0
         rank, world = self.process
         if empty and world > 1 and torch.utils.data.get_worker_info() is None:  # the others would wait for it for ever
             raise ValueError(f"Process {rank} of {world} got no row of the stream: it has fewer rows (or shards) than processes; "
@@ -164,18 +171,26 @@ class StreamDataLoader(DataLoader):
         self.dataset.stream.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        """The stream's position (``IterableDataset.state_dict``) and the tokens read but not yet cut into a block."""
+        """Where a resumed run starts: the stream's position (``IterableDataset.state_dict``) and the tokens read but not
+        yet cut into a block; for a shuffled stream, its epoch and the batches handed out in it."""
         if self.num_workers:
             raise ValueError("The position of a stream read by DataLoader workers is theirs to know: resume with num_workers=0, "
                              "or use torchdata's StatefulDataLoader.")
-        leftover = self.dataset.leftover
-        return {"stream": self.dataset.stream.state_dict(),
+        batches, leftover = self.dataset, self.dataset.leftover
+        return {"stream": batches.stream.state_dict(), "epoch": batches.stream.epoch, "batches": batches.position,
                 "leftover": None if leftover is None else {name: values.tolist() for name, values in leftover.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.dataset.stream.load_state_dict(state["stream"])
+        """Resume where ``state`` was saved. A shuffled stream reads its epoch again up to there (``datasets``' own stream
+        state would lose the rows waiting in the shuffle buffer), an unshuffled one starts right there."""
+        batches = self.dataset
+        if batches.shuffled:
+            batches.stream.set_epoch(state["epoch"])
+            batches.replay, batches.leftover = state["batches"], None
+            return
+        batches.stream.load_state_dict(state["stream"])
         leftover = state.get("leftover")
-        self.dataset.leftover = None if leftover is None else {
+        batches.leftover = None if leftover is None else {
             name: np.asarray(values, dtype=bool if name == "starts" else None) for name, values in leftover.items()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

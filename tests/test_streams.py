@@ -3,6 +3,8 @@ the map-style batches of the same rows; workers, resume, a local folder laid out
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pyarrow as pa
@@ -181,3 +183,41 @@ def test_table_of_a_stream():
 
     rows = rows_of_table(table, ["input_ids"])["input_ids"]
     assert rows.starts.tolist() == [0, 2] and rows.lengths.tolist() == [2, 1]
+
+
+# --- two nodes of two processes ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_nodes_of_two_processes_read_every_row_once(tmp_path):
+    """torchrun --nnodes 2 --nproc_per_node 2 with a local rendezvous (gloo): over 8 shards (2 a process) and 5 (every 4th
+    row a process), with and without workers, every row is read by exactly one process per epoch; set_epoch gives a new
+    order; a run resumed mid-epoch reads what the uninterrupted one reads."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from collections import Counter
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).parent / "stream_ranks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                               "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+                               "--out", str(tmp_path)], env=env, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [out[1][-2000:] for out in outputs]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    assert [rank["world"] for rank in ranks] == [4] * 4
+    for run in ranks[0]["runs"]:
+        epochs = [[i for rank in ranks for i in rank["runs"][run]["epochs"][e]] for e in range(2)]
+        for epoch in epochs:
+            assert Counter(epoch) == Counter(range(203)), run  # each row once, over the 4 processes
+        orders = [[rank["runs"][run]["epochs"][e] for rank in ranks] for e in range(2)]
+        assert orders[0] != orders[1], run
+        if run.endswith("x0"):
+            assert [rank["runs"][run]["resumed"] for rank in ranks] == orders[1], run
