@@ -305,15 +305,19 @@ def evaluate(model: torch.nn.Module, served: Served, accelerator: Accelerator) -
     return torch.cat(losses).mean().item()
 
 
-def sample(model: torch.nn.Module, tokenizer: Any, tokens: int, seed: int) -> str:
-    """``tokens`` tokens generated from a newline, sampled at temperature 0.8 among the 200 likeliest (as nanoGPT's sample.py)."""
+def sample(model: torch.nn.Module, tokenizer: Any, tokens: int, seed: int, context: int) -> str:
+    """``tokens`` tokens generated from a newline, each sampled at temperature 0.8 among the 200 likeliest with the last
+    ``context`` tokens as context (as nanoGPT's sample.py generates: the model has no positions beyond its block)."""
     model.eval()
-    start = tokenizer("\n", return_tensors="pt")["input_ids"].to(model.device)
-    torch.manual_seed(seed)
+    ids = tokenizer("\n", return_tensors="pt")["input_ids"].to(model.device)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
     with torch.no_grad():
-        generated = model.generate(start, max_new_tokens=tokens, do_sample=True, temperature=0.8, top_k=200, use_cache=True,
-                                   pad_token_id=0)
-    return tokenizer.decode(generated[0].tolist())
+        for _ in range(tokens):
+            logits = model(input_ids=ids[:, -context:]).logits[:, -1].float() / 0.8
+            threshold = torch.topk(logits, min(200, logits.shape[-1])).values[:, -1:]
+            probabilities = torch.softmax(logits.masked_fill(logits < threshold, -float("inf")), dim=-1)
+            ids = torch.cat([ids, torch.multinomial(probabilities, 1, generator=generator)], dim=1)
+    return tokenizer.decode(ids[0].tolist())
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -456,7 +460,8 @@ def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torc
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        metrics["sample"] = sample(unwrapped, tokenizer, args.sample_tokens, args.seed) if args.sample_tokens else ""
+        context = unwrapped.config.max_position_embeddings if args.model_type == "llama" else unwrapped.config.n_positions
+        metrics["sample"] = sample(unwrapped, tokenizer, args.sample_tokens, args.seed, context) if args.sample_tokens else ""
         os.makedirs(args.output_dir, exist_ok=True)
         unwrapped.save_pretrained(args.output_dir)
         tokenizer.save_pretrained(args.output_dir)
