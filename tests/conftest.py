@@ -56,3 +56,15 @@ def tokenize_ner(tokenizer, rows: list[tuple[list[str], list[int]]]) -> datasets
 def tokenized(tokenizer) -> datasets.Dataset:
     """Six CoNLL-2003 sentences as ``datasets`` stores them after tokenization (int32 ids, int64 labels)."""
     return tokenize_ner(tokenizer, SENTENCES)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's process-wide state reset before and after a test that builds an Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

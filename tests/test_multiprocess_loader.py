@@ -33,17 +33,6 @@ def _single_process_order(epoch: int) -> list[int]:
     return [i for batch in loader for i in batch["idx"].tolist()]
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 @pytest.mark.slow
 def test_two_processes_shard_every_row_once(tmp_path):
     script = Path(__file__).parent / "loader_ranks.py"

@@ -19,17 +19,6 @@ import hf_dtype as hd
 EPOCHS, BATCH = 3, 4
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
 def ner_data(tokenizer) -> datasets.Dataset:
     rng = np.random.default_rng(9)
