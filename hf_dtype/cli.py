@@ -4,35 +4,58 @@
     hf-dtype compact IN OUT [--plan auto|FILE.json] [--column NAME=STORAGE[:COMPUTE]]... [--overwrite]
 
 PATH / IN is a folder written by ``save_to_disk`` (a Dataset or a DatasetDict) or a Parquet,
-JSON Lines, JSON or CSV file. ``OUT`` appears whole or not at all, and ``IN`` is never modified.
+JSON Lines, JSON or CSV file. ``OUT`` appears whole or not at all, and ``IN`` is never modified:
+``OUT`` is staged in ``.OUT.PID.partial`` beside it (``datasets``' temporary files included) and
+renamed into place; a later run removes the staging folders of runs that were killed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
-import os
-import shutil
+import re
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
+import datasets.fingerprint
+import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 
-from .dtypes import LossyCastError
+from .dtypes import DTYPE_NAMES, LossyCastError
 from .infer import ColumnStats, infer_plan, table_stats
 from .plan import ColumnDtype, DtypePlan
+from .staging import publish, remove_stale_staging, staged
 from .storage import compact
 
 __all__ = ["main"]
 
 _FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+_FILE_KINDS = {".parquet": "Parquet", ".jsonl": "JSON Lines", ".json": "JSON (a list of objects, or one object per line)",
+               ".csv": "CSV after its header line"}
 
 
 class CliError(Exception):
     """A bad argument or input: reported as one line, exit status 2."""
+
+
+def _holds_no_rows(location: Path) -> bool:
+    """Whether a data file is empty: blank, a CSV header alone, ``[]`` or ``{}`` in JSON, a Parquet file of 0 rows."""
+    suffix = location.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            return pq.ParquetFile(location).metadata.num_rows == 0
+        except Exception:  # not Parquet: load reports it
+            return False
+    with location.open("rb") as file:
+        if suffix == ".json":
+            head = file.read(1 << 16)
+            return len(head) < 1 << 16 and re.fullmatch(rb"\s*(\[\s*\]|\{\s*\})?\s*", head) is not None
+        lines = list(itertools.islice(filter(None, (line.strip() for line in file)), 2))
+    return len(lines) < (2 if suffix == ".csv" else 1)
 
 
 def load(path: str) -> Dataset | DatasetDict:
@@ -40,18 +63,21 @@ def load(path: str) -> Dataset | DatasetDict:
     location = Path(path)
     if not location.exists():
         raise CliError(f"{path}: no such file or folder; expected a save_to_disk folder or a .parquet/.jsonl/.json/.csv file.")
+    suffix = location.suffix.lower()
+    if not location.is_dir() and suffix not in _FILE_BUILDERS:
+        raise CliError(f"{path}: unknown file type {location.suffix!r}; expected one of {', '.join(_FILE_BUILDERS)}.")
+    if not location.is_dir() and _holds_no_rows(location):
+        raise CliError(f"{path} is empty; expected at least one row of {_FILE_KINDS[suffix]}.")
     try:
         if location.is_dir():
             return datasets.load_from_disk(str(location))
-        builder = _FILE_BUILDERS.get(location.suffix.lower())
-        if builder is None:
-            raise CliError(f"{path}: unknown file type {location.suffix!r}; expected one of {', '.join(_FILE_BUILDERS)}.")
-        return datasets.load_dataset(builder, data_files=str(location), split="train")
-    except CliError:
-        raise
+        dataset = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=str(location), split="train")
     except Exception as error:  # datasets and pyarrow raise many kinds for unreadable data
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CliError(f"{path}: cannot read a dataset there ({reason}).") from None
+    if len(dataset) == 0:
+        raise CliError(f"{path} is empty; expected at least one row of {_FILE_KINDS[suffix]}.")
+    return dataset
 
 
 def _splits(dataset: Dataset | DatasetDict) -> dict[str, Dataset]:
@@ -161,25 +187,6 @@ def build_plan(dataset: Dataset | DatasetDict, plan_option: str, column_options:
     return plan.update(dict(parse_column_option(option, plan) for option in column_options))
 
 
-def write_atomically(dataset: Dataset | DatasetDict, out: Path, overwrite: bool) -> None:
-    """``save_to_disk`` into a temporary sibling folder, then rename it into place."""
-    if out.exists() and not overwrite:
-        raise CliError(f"{out} exists; pass --overwrite to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        dataset.save_to_disk(str(staging))
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _inspect(args: argparse.Namespace) -> None:
     report = inspect_report(load(args.path))
     if args.json:
@@ -192,46 +199,94 @@ def _compact(args: argparse.Namespace) -> None:
     source, out = Path(args.input).resolve(), Path(args.output).resolve()
     if out == source or source in out.parents:
         raise CliError(f"OUT {args.output} must lie outside IN {args.input}: IN is never modified.")
+    remove_stale_staging(out)
     if out.exists() and not args.overwrite:
-        raise CliError(f"{out} exists; pass --overwrite to replace it.")
+        raise CliError(f"{args.output} exists; pass --overwrite to replace it.")
     dataset = load(args.input)
     plan = build_plan(dataset, args.plan, args.column)
-    datasets.disable_caching()  # map would otherwise write its cache file into IN's folder
-    try:
+    with staged(out) as written:
         compacted = compact(dataset, plan, exact=args.exact, num_proc=args.num_proc)
-        write_atomically(compacted, out, args.overwrite)
-    finally:
-        datasets.enable_caching()
+        compacted.save_to_disk(str(written))
+        after = sum(part.data.nbytes for part in _splits(compacted).values())
+        publish(written, out)
     before = sum(part.data.nbytes for part in _splits(dataset).values())
-    after = sum(part.data.nbytes for part in _splits(compacted).values())
     print(plan)
-    print(f"wrote {out}: {_format_bytes(after)} of Arrow data, {after / before if before else 1:.2f}x of {_format_bytes(before)}")
+    print(f"wrote {args.output}: {_format_bytes(after)} of Arrow data, {after / before if before else 1:.2f}x of {_format_bytes(before)}")
+
+
+_IN_HELP = "a save_to_disk folder (Dataset or DatasetDict) or a .parquet/.jsonl/.json/.csv file; never modified"
+_DESCRIPTION = """\
+Per-column dtypes for Hugging Face datasets: inspect what each column takes and what the
+smallest lossless dtypes would save; compact writes the dataset in them, checked, with the
+plan recorded in its features (hf_dtype.plan_of reads it back).
+"""
+_INSPECT_DESCRIPTION = """\
+Print, per column, its stored dtype, bytes and value range, the dtype that infer_plan proposes
+and the bytes it saves, then the totals. Nothing is written.
+"""
+_COMPACT_DESCRIPTION = """\
+Write IN's columns in the smallest dtypes that hold their values, checked (a value that does
+not fit is an error naming its column and row), with the plan recorded in the features.
+
+  IN   a save_to_disk folder (a Dataset or a DatasetDict) or a .parquet, .jsonl, .json or .csv
+       file; it is never modified.
+  OUT  a save_to_disk folder, written whole or not at all: it is staged in .OUT.PID.partial
+       beside OUT and renamed into place; an existing OUT is only replaced with --overwrite.
+
+example:
+  hf-dtype compact tokenized tokenized-small --column labels=int8:int64
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-dtype", description="Per-column dtypes for Hugging Face datasets.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser("inspect", help="per column: dtype, bytes, value range, proposed dtype, bytes saved")
-    inspect.add_argument("path", help="a save_to_disk folder or a .parquet/.jsonl/.json/.csv file")
-    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser = argparse.ArgumentParser(
+        prog="hf-dtype", formatter_class=_HelpFormatter, description=_DESCRIPTION,
+        epilog="Run 'hf-dtype COMMAND --help' for a command's arguments.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compact}")
+    inspect = commands.add_parser(
+        "inspect", formatter_class=_HelpFormatter, help="per column: dtype, bytes, value range, proposed dtype, bytes saved",
+        description=_INSPECT_DESCRIPTION)
+    inspect.add_argument("path", metavar="PATH", help=_IN_HELP)
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON (with the proposed plan)")
     inspect.set_defaults(run=_inspect)
-    compact_parser = commands.add_parser("compact", help="write the compact dataset (OUT appears whole or not at all)")
-    compact_parser.add_argument("input", metavar="IN")
-    compact_parser.add_argument("output", metavar="OUT")
-    compact_parser.add_argument("--plan", default="auto", help="'auto' (infer from the data, default) or a plan JSON file")
+    compact_parser = commands.add_parser("compact", formatter_class=_HelpFormatter, description=_COMPACT_DESCRIPTION,
+                                         help="write the compact dataset (OUT appears whole or not at all)")
+    compact_parser.add_argument("input", metavar="IN", help=_IN_HELP)
+    compact_parser.add_argument("output", metavar="OUT", help="the save_to_disk folder to write, whole or not at all")
+    compact_parser.add_argument("--plan", default="auto", metavar="auto|FILE.json",
+                                help="'auto' infers the plan from the data; or a plan JSON file (default: %(default)s)")
     compact_parser.add_argument("--column", action="append", default=[], metavar="NAME=STORAGE[:COMPUTE]",
-                                help="override one column's dtypes; repeatable")
-    compact_parser.add_argument("--exact", action="store_true", help="require float narrowing to be exact")
-    compact_parser.add_argument("--num_proc", type=int, default=None, help="processes for the casting map")
-    compact_parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+                                help="store column NAME as STORAGE and serve it as COMPUTE (default: int64 for integers, "
+                                     "float32 for floats, as datasets serves them); the plan's pad is kept; repeatable. "
+                                     f"Dtypes: {', '.join(DTYPE_NAMES)}")
+    compact_parser.add_argument("--exact", action="store_true", help="require float narrowing to be exact (default: only no overflow)")
+    compact_parser.add_argument("--num_proc", type=int, default=None, help="processes for the casting map (default: one)")
+    compact_parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
     compact_parser.set_defaults(run=_compact)
     return parser
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """``datasets``' progress bars off while a command runs (stdout stays the command's output)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with _no_progress_bars():
+            args.run(args)
     except (CliError, LossyCastError, ValueError) as error:
         print(f"hf-dtype {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,12 +1,24 @@
 import hashlib
 import json
+import os
 import re
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import datasets
+import datasets.fingerprint
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import hf_dtype as hd
+import hf_dtype.cli as cli
 from hf_dtype.cli import main
+from hf_dtype.dtypes import DTYPE_NAMES
 
 
 @pytest.fixture()
@@ -18,6 +30,17 @@ def saved(tokenized, tmp_path):
 
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_inspect_prints_a_table(saved, capsys):
@@ -75,6 +98,7 @@ def test_existing_output_needs_overwrite(saved, tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
     assert main(["compact", str(saved), str(out), "--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and hd.plan_of(datasets.load_from_disk(str(out))) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "tokenized"]
 
 
 def test_a_failed_cast_leaves_no_output(saved, tmp_path, capsys):
@@ -128,3 +152,181 @@ def test_console_script_is_installed():
     assert executable, "pip install should put hf-dtype on PATH"
     result = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True)
     assert "inspect" in result.stdout and "compact" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("x.jsonl", "", "JSON Lines"),
+        ("x.jsonl", "\n\n", "JSON Lines"),
+        ("x.json", "", "JSON (a list of objects, or one object per line)"),
+        ("x.json", "[ ]\n", "JSON (a list of objects, or one object per line)"),
+        ("x.csv", "input_ids,labels\n", "CSV after its header line"),
+        ("x.parquet", None, "Parquet"),
+    ],
+)
+def test_an_empty_file_is_reported_as_empty(tmp_path, capsys, name, content, expected):
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"input_ids": pa.array([], pa.list_(pa.int32()))}), path)
+    else:
+        path.write_text(content)
+    message = f"error: {path} is empty; expected at least one row of {expected}.\n"
+    assert main(["inspect", str(path)]) == 2
+    assert capsys.readouterr().err == f"hf-dtype inspect: {message}"
+    assert main(["compact", str(path), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"hf-dtype compact: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_removes_the_staging_folders_of_killed_runs(saved, tmp_path):
+    assert main(["compact", str(saved), str(tmp_path / "small")]) == 0
+    dead = _dead_pid()
+    stale = [tmp_path / f".small.{dead}.partial", tmp_path / f".small.{dead}.old"]
+    for folder in stale:
+        (folder / "tmp" / "hf_datasets-x").mkdir(parents=True)
+        (folder / "tmp" / "hf_datasets-x" / "cache-0.arrow").write_bytes(b"half")
+    # pid 1 is always running; the others are not staging folders of this OUT
+    kept = [tmp_path / ".small.1.partial", tmp_path / f".other.{dead}.partial", tmp_path / f".small.{dead}.partial.bak"]
+    for folder in kept:
+        folder.mkdir()
+    assert main(["compact", str(saved), str(tmp_path / "small"), "--overwrite"]) == 0
+    assert not any(folder.exists() for folder in stale)
+    assert all(folder.exists() for folder in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["small", "tokenized", *(folder.name for folder in kept)])
+
+
+def test_a_run_killed_while_replacing_out_gets_the_old_out_back(tokenized, saved, tmp_path, capsys):
+    dead = _dead_pid()
+    tokenized.save_to_disk(str(tmp_path / f".small.{dead}.old"))  # renamed aside, the new one not yet in place
+    before = _digest(tmp_path / f".small.{dead}.old")
+    (tmp_path / f".small.{dead}.partial").mkdir()
+    assert main(["compact", str(saved), str(tmp_path / "small")]) == 2
+    assert capsys.readouterr().err == f"hf-dtype compact: error: {tmp_path / 'small'} exists; pass --overwrite to replace it.\n"
+    assert _digest(tmp_path / "small") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "tokenized"]
+
+
+_PAUSED_RUN = """
+import pathlib, sys, time
+import hf_dtype.cli as cli
+
+real = cli.compact
+
+def paused(*args, **kwargs):  # compacted into datasets' temporary files, not saved yet
+    result = real(*args, **kwargs)
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(60)
+    return result
+
+cli.compact = paused
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_a_killed_compact_leaves_nothing_outside_its_staging_folder(saved, tmp_path, monkeypatch):
+    temp, out, compacted = tmp_path / "temp", tmp_path / "small", tmp_path / "compacted"
+    temp.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", _PAUSED_RUN, str(compacted), "compact", str(saved), str(out)],
+                               env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not compacted.exists():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the run did not reach its pause"
+            time.sleep(0.02)
+    finally:
+        process.kill()  # SIGKILL: no finally, no atexit
+        process.communicate()
+    staging = tmp_path / f".small.{process.pid}.partial"
+    cache_dirs = list((staging / "tmp").glob("hf_datasets-*"))
+    assert len(cache_dirs) == 1 and list(cache_dirs[0].glob("cache-*.arrow"))
+    assert list(temp.iterdir()) == [] and not out.exists()
+
+    monkeypatch.setenv("TMPDIR", str(temp))
+    assert main(["compact", str(saved), str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compacted", "small", "temp", "tokenized"]
+    assert list(temp.iterdir()) == []
+    assert hd.plan_of(datasets.load_from_disk(str(out)))["input_ids"].storage == "uint16"
+
+
+def test_datasets_temporary_files_live_in_the_staging_folder(saved, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(*args, **kwargs):
+        result = compact(*args, **kwargs)
+        seen.append((datasets.fingerprint.get_temporary_cache_files_directory(), tempfile.gettempdir(), result.cache_files))
+        return result
+
+    compact = cli.compact
+    monkeypatch.setattr(cli, "compact", spy)
+    def state():
+        fingerprint = datasets.fingerprint
+        return fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES, tempfile.tempdir, os.environ.get("TMPDIR"), fingerprint.is_caching_enabled()
+
+    before = state()
+    # datasets makes its temporary folder once per process: each run must still get its own, in its staging folder
+    for name in ("one", "two"):
+        assert main(["compact", str(saved), str(tmp_path / name)]) == 0
+    for (cache_dir, temp, cache_files), name in zip(seen, ("one", "two"), strict=True):
+        staging_temp = tmp_path / f".{name}.{os.getpid()}.partial" / "tmp"
+        assert Path(cache_dir).parent == staging_temp and Path(cache_dir).name.startswith("hf_datasets-")
+        assert temp == str(staging_temp)
+        assert cache_files and all(Path(file["filename"]).parent == Path(cache_dir) for file in cache_files)
+    assert state() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "tokenized", "two"]
+
+
+def test_out_has_the_mode_save_to_disk_gives(tokenized, saved, tmp_path):
+    umask = os.umask(0o027)
+    try:
+        tokenized.save_to_disk(str(tmp_path / "reference"))
+        assert main(["compact", str(saved), str(tmp_path / "small")]) == 0
+        assert main(["compact", str(saved), str(tmp_path / "replaced")]) == 0
+        assert main(["compact", str(saved), str(tmp_path / "replaced"), "--overwrite"]) == 0
+    finally:
+        os.umask(umask)
+    reference = tmp_path / "reference"
+    assert _mode(reference) == 0o750
+    for out in (tmp_path / "small", tmp_path / "replaced"):
+        assert _mode(out) == _mode(reference)
+        assert {_mode(file) for file in out.iterdir()} == {_mode(file) for file in reference.iterdir()} == {0o640}
+
+
+def test_compact_prints_the_plan_and_out_as_given(saved, tokenized, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    datasets.enable_progress_bars()
+    try:
+        assert main(["compact", "tokenized", "small"]) == 0
+        assert datasets.is_progress_bar_enabled(), "the command puts the progress bars back as it found them"
+    finally:
+        datasets.disable_progress_bars()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[:-1] == str(hd.plan_of(datasets.load_from_disk("small"))).splitlines()
+    before, after = tokenized.data.nbytes, hd.compact(tokenized).data.nbytes
+    assert lines[-1] == f"wrote small: {after} B of Arrow data, {after / before:.2f}x of {before / 1000:.2f} kB"
+    assert captured.err == ""
+
+
+def _help(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # the text, unwrapped
+
+
+def test_help_says_what_each_command_does_and_takes(capsys):
+    text = _help(capsys)
+    assert "Per-column dtypes for Hugging Face datasets: inspect" in text
+    assert "inspect per column: dtype, bytes, value range, proposed dtype, bytes saved" in text
+    assert "compact write the compact dataset (OUT appears whole or not at all)" in text
+    text = _help(capsys, "inspect")
+    assert "Print, per column, its stored dtype, bytes and value range, the dtype that infer_plan proposes" in text
+    assert "PATH a save_to_disk folder (Dataset or DatasetDict) or a .parquet/.jsonl/.json/.csv file; never modified" in text
+    text = _help(capsys, "compact")
+    assert ("IN a save_to_disk folder (a Dataset or a DatasetDict) or a .parquet, .jsonl, .json or .csv file; "
+            "it is never modified.") in text
+    assert "OUT a save_to_disk folder, written whole or not at all" in text
+    assert f"repeatable. Dtypes: {', '.join(DTYPE_NAMES)} --exact" in text
+    assert "a plan JSON file (default: auto)" in text and "(default: one)" in text and "(default: refuse)" in text
