@@ -5,7 +5,7 @@ the model needs (the ``"hf_dtype"`` format or ``DtypeTransform``), and batch it 
 Arrow buffers (``dataloader``, ``PaddingCollator``).
 """
 
-from .batching import PaddingCollator
+from .collator import PaddingCollator
 from .dtypes import LossyCastError
 from .formatting import DtypeTransform
 from .infer import infer_plan

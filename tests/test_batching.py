@@ -18,7 +18,8 @@ import torch
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 import hf_dtype as hd
-from hf_dtype.batching import PadOptions, length_mask, pad_batch, pad_rows
+from hf_dtype.batching import PadOptions, length_mask, pad_rows
+from hf_dtype.collator import pad_batch
 
 datasets.disable_progress_bars()
 
