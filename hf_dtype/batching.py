@@ -22,7 +22,10 @@ from .convert import narrows, numpy_dtype, to_compute, to_dtype
 from .dtypes import dtype_name, float32_to_bfloat16_bits, integer_range
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
 
-__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadOptions", "Rows", "Spec", "assemble", "column_spec", "length_mask", "pad_rows", "served"]
+__all__ = [
+    "PADDING_SIDES", "WIDEN_MODES", "PadOptions", "RowNames", "Rows", "Spec", "assemble", "column_spec", "length_mask", "pad_rows",
+    "served",
+]
 
 PADDING_SIDES = ("right", "left")
 WIDEN_MODES = ("device", "cpu")
@@ -118,6 +121,16 @@ def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.n
     return out
 
 
+class RowNames:
+    """How a range error names a row of a batch (``"3 of the batch"``, ``"3 (block 17)"``), made only when one is needed."""
+
+    def __init__(self, template: str, keys: Sequence[Any] | None = None) -> None:
+        self.template, self.keys = template, keys
+
+    def __getitem__(self, i: int) -> str:
+        return self.template.format(i=i, key=None if self.keys is None else self.keys[i])
+
+
 @dataclass
 class Rows:
     """One column of a batch before padding: a flat source and each row's place in it, or one number per row.
@@ -160,7 +173,7 @@ def column_spec(entry: ColumnDtype | None, dtype: np.dtype) -> Spec:
                  numpy_dtype(entry.served_dtype) if plain else None)
 
 
-def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequence[int | str]) -> torch.Tensor:
+def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequence[int] | RowNames) -> torch.Tensor:
     """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed);
     ``rows`` name the batch's rows in a range error."""
     entry = spec.entry
@@ -178,7 +191,7 @@ def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequen
 
 
 def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadOptions,
-             rows: Sequence[int | str]) -> dict[str, torch.Tensor]:
+             rows: Sequence[int] | RowNames) -> dict[str, torch.Tensor]:
     """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and ``options``.
 
     List columns whose rows have the same lengths (``input_ids`` and ``labels``) share one mask; ``rows``

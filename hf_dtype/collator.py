@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batching import PadOptions, Rows, assemble
+from .batching import PadOptions, RowNames, Rows, assemble
 from .dtypes import to_torch
 from .plan import DtypePlan, as_plan
 
@@ -87,7 +87,7 @@ def pad_batch(rows: Sequence[Mapping[str, Any]], plan: DtypePlan | Mapping, *, p
     sequences = [name for name, column in columns.items() if column.starts is not None]
     plan = plan.resolve(sequences)
     names = [*names, *(name for name in plan.derived if name not in names)]
-    batch = assemble(columns, plan, names, options, [f"{i} of the batch" for i in range(len(rows))])
+    batch = assemble(columns, plan, names, options, RowNames("{i} of the batch"))
     return {**batch, **text}
 
 

@@ -28,7 +28,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from .arrow import flatten_leaf
-from .batching import Rows
+from .batching import RowNames, Rows
 from .packing import BlockIndex
 
 __all__ = ["StreamBatches", "StreamDataLoader", "process_rank", "rows_of_table", "split_stream"]
@@ -96,7 +96,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
             return
         tables = stream.iter(batch_size=self.batch_size, drop_last_batch=self.drop_last and not self.blocks)
         batches = self._cut(tables) if self.blocks is not None else (
-            self.layout(rows_of_table(table, self.read), [f"{i} of stream batch {number}" for i in range(table.num_rows)])
+            self.layout(rows_of_table(table, self.read), RowNames(f"{{i}} of stream batch {number}"))
             for number, table in enumerate(tables))
         empty, self.position = True, 0
         for batch in batches:
