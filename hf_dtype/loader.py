@@ -177,7 +177,7 @@ def _layout(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | N
     if packing is None:
         served_plan, names = batch_plan(schema, plan, columns)
         sources = [served_plan[name].lengths_from for name in names if name not in schema.names]
-        return Padded(served_plan, names, options), [*(name for name in names if name in schema.names), *sources]
+        return Padded(served_plan, names, options), list(dict.fromkeys([*(name for name in names if name in schema.names), *sources]))
     token, labels = _packed_columns(schema, columns, packing)
     read = [token] + ([labels] if labels else [])
     plan, _ = batch_plan(schema, plan, read)
