@@ -184,3 +184,22 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def write_parquet_shards(dataset, folder: str | os.PathLike, shards: int, split: str = "train") -> Path:
+    """``dataset`` as ``push_to_hub`` lays out a dataset repo: ``shards`` contiguous Parquet files
+    ``data/{split}-0000i-of-0000n.parquet`` under ``folder`` (their schema metadata carries the features, so a
+    compacted dataset's plan travels with them). ``load_dataset(folder, streaming=True, split=split)`` streams them."""
+    folder = Path(folder)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for index in range(shards):
+        path = folder / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"
+        dataset.shard(shards, index, contiguous=True).to_parquet(str(path))
+    return folder
+
+
+def markdown_table(rows: list[list[Any]], header: list[str], left: int = 1) -> str:
+    """A Markdown (GitHub) table: the first ``left`` columns left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(str(c) for c in header) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
