@@ -52,13 +52,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc
+from pretrain import group_texts  # run_clm.py's, as pretrain.py's datasets-default path runs it
 
 DEFAULT_DATA_FILE = bc.DEFAULT_DATA_DIR / "tinyshakespeare" / "input.txt"
 SHAPES = ((12, 64), (8, 1024))
@@ -134,17 +134,6 @@ class CharTokenizer:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         ids = [[self.vocab[char] for char in text] for text in batch["text"]]
         return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
-
-
-def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
-    """``run_clm.py``'s ``group_texts`` (examples/pytorch/language-modeling): every column concatenated, cut into
-    blocks of ``block_size``, the remainder dropped; ``labels`` a copy of ``input_ids``."""
-    concatenated = {k: list(chain(*examples[k])) for k in examples}
-    total_length = len(concatenated[next(iter(examples))])
-    total_length = (total_length // block_size) * block_size
-    result = {k: [t[i:i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
-    result["labels"] = result["input_ids"].copy()
-    return result
 
 
 def timed_call(function: Callable[[], Any]) -> tuple[Any, float]:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from itertools import chain, pairwise
+import sys
+from itertools import pairwise
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -12,6 +14,9 @@ import torch
 from transformers import DataCollatorWithFlattening
 
 import hf_dtype as hd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from pretrain import group_texts
 
 VOCAB = 65  # a character vocabulary: uint8 storage
 
@@ -33,16 +38,6 @@ def corpus() -> datasets.Dataset:
 @pytest.fixture(scope="module")
 def compact_corpus(corpus) -> datasets.Dataset:
     return hd.compact(corpus, hd.infer_plan(corpus, vocab_size=VOCAB))
-
-
-def group_texts(examples: dict, block_size: int) -> dict:
-    """``run_clm.py``'s ``group_texts``, as published (examples/pytorch/language-modeling)."""
-    concatenated = {k: list(chain(*examples[k])) for k in examples}
-    total_length = len(concatenated[next(iter(examples))])
-    total_length = (total_length // block_size) * block_size
-    result = {k: [t[i:i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
-    result["labels"] = result["input_ids"].copy()
-    return result
 
 
 def _run_clm_blocks(dataset: datasets.Dataset, block_size: int) -> list[list[int]]:
