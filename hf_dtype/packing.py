@@ -32,16 +32,23 @@ PACKINGS = ("blocks", "flat")
 
 
 def _labels_entry(entry: ColumnDtype) -> ColumnDtype:
-    """The entry of labels made from token ids: -100 marks the positions the loss ignores, so a signed storage holds it."""
+    """``entry`` for labels: -100 marks the positions the loss ignores, so the storage is one that holds it."""
+    if entry.pad == -100:
+        return entry
     low, high = integer_range(entry.storage)
     return ColumnDtype(storage=smallest_integer_dtype(min(low, -100), high), compute=entry.compute or "int64", pad=-100)
 
 
 def packed_plan(plan: DtypePlan, token: str, labels: str | None, *, positions: int | None) -> DtypePlan:
-    """The entries of a packed batch: ``input_ids``, ``labels`` and ``position_ids`` (below ``positions``, if given)."""
-    entries = {"input_ids": plan[token], "labels": plan[labels] if labels is not None else _labels_entry(plan[token])}
-    if labels is not None and entries["labels"].pad != -100:
-        entries["labels"] = _labels_entry(entries["labels"])
+    """The entries of a packed batch: ``input_ids``, ``labels`` and ``position_ids`` (below ``positions``: blocks; None: flat).
+
+    Labels made from the ids of blocks are the ids themselves, in their dtype; flat labels and the
+    labels of token classification hold -100 as well, so their storage is signed.
+    """
+    if labels is None and positions is not None:
+        entries = {"input_ids": plan[token], "labels": plan[token]}
+    else:
+        entries = {"input_ids": plan[token], "labels": _labels_entry(plan[labels if labels is not None else token])}
     storage = smallest_integer_dtype(0, positions) if positions is not None and positions < 2**16 else "int32"
     entries["position_ids"] = ColumnDtype(storage=storage, compute="int64")
     return DtypePlan(entries)
