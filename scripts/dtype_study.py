@@ -2,7 +2,8 @@
 """The same fine-tuning under five data paths: what the column dtypes change, and what they do not.
 
 Every variant runs ``finetune.py``'s own ``run`` (same seed, same rows in the same order, same
-padding) in a fresh process, so peak memory is per variant:
+padding) in a fresh process, so peak memory is per variant; what only the study measures (the classic
+path, the time spent making batches, peak memory) is in ``study_support.py``:
 
   (a) classic: a ``torch.utils.data.Dataset`` subclass whose ``__getitem__`` makes int64 numpy arrays,
       padded by ``DataCollatorForTokenClassification``;
@@ -14,7 +15,8 @@ padding) in a fresh process, so peak memory is per variant:
 Writes ``DOCS/<name>.md`` (table and reading), ``DOCS/<name>.json`` (all numbers) and three PNG plots
 (loss curves, bytes, throughput)::
 
-    python scripts/dtype_study.py                                   # embedded CoNLL-2003 sample, a few minutes
+    python scripts/dtype_study.py                                   # the committed CoNLL-2003 sample, a few minutes
+    python scripts/dtype_study.py --max_train_steps 3 --variants ad --docs_dir /tmp/study   # a quick check of the study itself
     python scripts/dtype_study.py --data_dir ../shared/data/conll2003 --num_train_epochs 1 --name dtype_study_full
 """
 
@@ -42,11 +44,11 @@ class Variant:
     key: str
     title: str
     argv: tuple[str, ...]
+    classic: bool = False  # the loaders of study_support.classic_dataloaders, not finetune.get_dataloaders
 
 
 VARIANTS = (
-    Variant("a", "classic Dataset, int64 numpy + DataCollatorForTokenClassification",
-            ("--plan", "datasets-default", "--data_path", "classic")),
+    Variant("a", "classic Dataset, int64 numpy + DataCollatorForTokenClassification", ("--plan", "datasets-default"), classic=True),
     Variant("b", 'with_format("torch") + DataCollatorForTokenClassification', ("--plan", "datasets-default")),
     Variant("c", "compact + hd.dataloader, widened on the CPU", ("--plan", "compact", "--widen", "cpu")),
     Variant("d", "compact + hd.dataloader, widened on the device", ("--plan", "compact", "--widen", "device")),
@@ -54,19 +56,27 @@ VARIANTS = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune under five data paths and report what the dtypes change.")
+    parser = argparse.ArgumentParser(description="Fine-tune under five data paths and report what the dtypes change.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data_dir", default=str(SAMPLE), help="A folder with train.jsonl, validation.jsonl and test.jsonl.")
     parser.add_argument("--model_name_or_path", default=None, help="Default: the pretrained all-MiniLM-L6-v2.")
     parser.add_argument("--num_train_epochs", type=int, default=1, help="1 keeps the study on the sample to a few minutes.")
-    parser.add_argument("--max_train_steps", type=int, default=None)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=3e-4)
-    parser.add_argument("--num_warmup_steps", type=int, default=10)
-    parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Stop each run after this many steps (a quick check).")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=16, help="Rows per batch.")
+    parser.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
+    parser.add_argument("--num_warmup_steps", type=int, default=10, help="Linear warmup steps.")
+    parser.add_argument("--max_length", type=int, default=128, help="Truncate longer sentences (in tokens).")
+    parser.add_argument("--seed", type=int, default=42, help="One seed for every variant.")
     parser.add_argument("--variants", default="abcde", help="Which variants to run, e.g. 'bd'.")
-    parser.add_argument("--docs_dir", default=str(ROOT / "docs"))
+    parser.add_argument("--docs_dir", default=str(ROOT / "docs"), help="Where the report, its JSON and the plots go.")
     parser.add_argument("--name", default="dtype_study", help="Base name of the Markdown, JSON and PNG files.")
     parser.add_argument("--work_dir", default=None, help="Where each variant writes its output (default: a temporary folder).")
     parser.add_argument("--from_json", default=None, help="Only write the report and plots again from a study's JSON.")
@@ -90,15 +100,19 @@ def finetune_argv(args: argparse.Namespace, variant: Variant, output_dir: str) -
     return argv
 
 
-def run_variant(argv: list[str]) -> dict[str, Any]:
-    """One ``finetune.run`` (in a child process); its metrics without the predictions."""
+def run_variant(argv: list[str], classic: bool) -> dict[str, Any]:
+    """One ``finetune.run`` (in a child process); its metrics without the predictions, with peak memory and the data wait."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     import finetune
+    import study_support
 
+    make_dataloaders = study_support.classic_dataloaders if classic else finetune.get_dataloaders
     start = time.perf_counter()
-    metrics = finetune.run(finetune.parse_args(argv))
+    metrics = finetune.run(finetune.parse_args(argv), make_dataloaders)
     metrics.pop("predictions", None)
     metrics["wall_seconds"] = time.perf_counter() - start
+    metrics["peak_rss_bytes"] = study_support.peak_rss_bytes()
+    metrics.update(study_support.data_wait(argv, make_dataloaders, metrics))
     return metrics
 
 
@@ -114,7 +128,7 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         print(f"[dtype_study] ({variant.key}) {variant.title}", flush=True)
         argv = finetune_argv(args, variant, str(work / variant.key))
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results[variant.key] = pool.submit(run_variant, argv).result()
+            results[variant.key] = pool.submit(run_variant, argv, variant.classic).result()
         m = results[variant.key]
         print(f"[dtype_study] ({variant.key}) validation F1 {m['validation']['f1']:.4f}, {m['train_rows_per_s']:.1f} rows/s, "
               f"{m['wall_seconds']:.0f} s", flush=True)
@@ -333,7 +347,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds
         table(results),
         "",
         "- *bytes per batch*: the sum of the tensor bytes of a training batch as handed to the model, before widening (mean over the run).",
-        "- *waiting for data*: the time spent in `next()` on the prepared loader, as a share of the whole step time.",
+        "- *waiting for data*: the time to make the training batches (a pass over the prepared train loader alone, after training, "
+        "in the same process: with no loader workers a batch is made inside `next()`), as a share of the training time.",
         "- *peak RSS*: `resource.getrusage` maximum resident set of the variant's process (model, optimizer, libraries and data).",
         "- *F1*: seqeval entity-level F1 (CoNLL evaluation) of the final model.",
         "",

@@ -2,7 +2,7 @@
 
 Everything here runs before training and fails with one clear line (``InputError``) on bad input:
 a missing file, a column that does not exist, a label outside the label list, an empty split.
-The loaders (the three data paths compared by the study) live in ``finetune_loaders.py``.
+The loaders (the data paths) are in ``finetune.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MI
 """The label order of the Hugging Face ``conll2003`` dataset, used when the data's labels are CoNLL's."""
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "conll2003_sample"
-"""The embedded CoNLL-2003 sample that ``finetune.py`` trains on when no data is given."""
+"""The committed CoNLL-2003 sample that ``finetune.py`` trains on when no data is given."""
 
 SPLITS = ("train", "validation", "test")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
@@ -79,7 +79,7 @@ def _load_file(split: str, path: str) -> Dataset:
 def load_raw_datasets(args: Any) -> DatasetDict:
     """The raw splits, from ``--dataset_name`` (the Hub or a local folder) or from ``--*_file`` arguments.
 
-    With neither, the embedded CoNLL-2003 sample. Only ``train``, ``validation`` and ``test`` are kept;
+    With neither, the committed CoNLL-2003 sample (train and validation). Only ``train``, ``validation`` and ``test`` are kept;
     every split kept must hold at least one example.
     """
     files = _file_splits(args)

@@ -67,7 +67,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ner_files(tmp_path_factory) -> dict[str, Path]:
-    """40 train, 20 validation and 16 test sentences of the embedded CoNLL-2003 sample (JSON Lines, string tags)."""
+    """40 train, 20 validation and 16 test sentences of the committed CoNLL-2003 sample (JSON Lines, string tags)."""
     folder = tmp_path_factory.mktemp("ner_data")
     return {
         "train": write_jsonl(folder / "train.jsonl", read_jsonl(SAMPLE / "train.jsonl", 0, 40)),

@@ -1,16 +1,20 @@
-"""Tests of ``scripts/finetune.py``: parity of the data paths, resume, multi-process evaluation, bad input.
+"""Tests of ``scripts/finetune.py``: parity of the data paths, resume, multi-process evaluation, outputs, bad input.
 
-Offline and small: a 2-layer BERT of hidden size 32 with the MiniLM tokenizer, 40 training sentences,
-``max_length`` 32. Runs go through ``finetune.run`` in this process, except the command line and
-multi-process ones, which run the script in a subprocess.
+Offline and small: a 2-layer BERT of hidden size 32 (dropout 0.1, as BERT's default) with the MiniLM tokenizer,
+40 training sentences, ``max_length`` 32. Runs go through ``finetune.run`` in this process, except the command
+line and multi-process ones, which run the script in a subprocess. Every test runs in its own temporary folder,
+so the default output folder lands there. ``-m "not slow"`` is the quick check; the slow tests (resume,
+several processes) run in CI.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +23,7 @@ pytest.register_assert_rewrite("finetune_fixtures")  # it is imported here befor
 # isort: off
 from finetune_fixtures import ROOT, SCRIPTS, free_port, ner_argv, parse, read_jsonl, subprocess_env, write_jsonl  # noqa: E402
 import finetune  # noqa: E402  (scripts/ is on sys.path once finetune_fixtures is imported)
+import study_support  # noqa: E402
 from finetune_data import CONLL_LABELS, InputError, label_space, tokenize_datasets  # noqa: E402
 # isort: on
 
@@ -27,16 +32,28 @@ pytest_plugins = ["finetune_fixtures"]  # tiny_model_dir, ner_files, classificat
 SCRIPT = str(SCRIPTS / "finetune.py")
 
 
-def run(argv: list[str]) -> dict:
-    return finetune.run(parse(argv))
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Each test in its own folder: a run without --output_dir writes to ./outputs/finetune there."""
+    monkeypatch.chdir(tmp_path)
+
+
+def run(argv: list[str], make_dataloaders=finetune.get_dataloaders) -> dict:
+    return finetune.run(parse(argv), make_dataloaders)
+
+
+def run_script(argv: list[str], cwd: Path, *, launcher: tuple[str, ...] = (), timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python [launcher] scripts/finetune.py ARGV`` in ``cwd``, offline."""
+    command = [sys.executable, *launcher, SCRIPT, *argv]
+    return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------------- parity
 
 
 def test_data_paths_give_identical_losses_and_predictions(tiny_model_dir, ner_files, tmp_path):
-    """datasets-default, compact widened on the device, compact widened on the CPU, a plan file, the classic path:
-    same rows in the same order and the same padding, so the very same floats at every step."""
+    """datasets-default, compact widened on the device, compact widened on the CPU, a plan file, the study's classic path:
+    same rows in the same order and the same padding, so the very same floats at every step (dropout on)."""
     argv = ner_argv(tiny_model_dir, ner_files, test=True)
     default = run([*argv, "--plan", "datasets-default"])
     device = run([*argv, "--plan", "compact", "--widen", "device"])
@@ -44,7 +61,7 @@ def test_data_paths_give_identical_losses_and_predictions(tiny_model_dir, ner_fi
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(device["plan"]))
     from_file = run([*argv, "--plan", str(plan_file)])
-    classic = run([*argv, "--plan", "datasets-default", "--data_path", "classic"])
+    classic = run([*argv, "--plan", "datasets-default"], study_support.classic_dataloaders)
 
     assert len(default["step_losses"]) == 10  # 40 rows / 8 per batch * 2 epochs
     for other in (device, cpu, from_file, classic):
@@ -60,21 +77,23 @@ def test_data_paths_give_identical_losses_and_predictions(tiny_model_dir, ner_fi
     assert device["plan_bytes_saved"] == default["dataset_bytes"] - device["dataset_bytes"] > 0
     assert default["plan"] is None and device["plan"]["input_ids"]["storage"] == "uint16"
     assert device["plan"]["attention_mask"]["derived"] == "ones"
+    assert device["train_rows_seen"] == 80 and device["train_rows_per_s"] > 0
 
 
 def test_metrics_json_and_saved_model(tiny_model_dir, ner_files, tmp_path):
-    """The output folder holds a loadable model with the label names, the tokenizer, metrics.json and TensorBoard events."""
+    """The output folder holds a loadable model with the label names, the tokenizer, metrics.json, the predictions and
+    TensorBoard events; --eval_only on the saved model gives the same scores and predictions."""
     out = tmp_path / "out"
     metrics = run([*ner_argv(tiny_model_dir, ner_files), "--output_dir", str(out), "--with_tracking"])
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("step_losses", "epochs", "validation", "train_rows_per_s", "data_wait_seconds", "data_wait_share", "peak_rss_bytes",
-                "dataset_bytes", "plan_bytes_saved", "bytes_per_batch", "plan"):
+    for key in ("step_losses", "epochs", "validation", "train_rows_per_s", "dataset_bytes", "plan_bytes_saved", "bytes_per_batch",
+                "plan", "batch_dtypes"):
         assert key in saved, key
     assert saved["step_losses"] == metrics["step_losses"]
     assert [epoch["epoch"] for epoch in saved["epochs"]] == [0, 1]
+    assert saved["epochs"][-1]["validation"] == {key: value for key, value in saved["validation"].items() if key != "per_type"}
     assert {"precision", "recall", "f1", "per_type"} <= set(saved["validation"])
-    assert 0 <= saved["data_wait_share"] <= 1
-    assert saved["peak_rss_bytes"] > 0
+    assert json.loads((out / "predictions_validation.json").read_text()) == metrics["predictions"]["validation"]
     assert list(out.glob("finetune/events.out.tfevents*")), sorted(p.name for p in out.rglob("*"))
 
     from transformers import AutoConfig, AutoTokenizer
@@ -85,6 +104,7 @@ def test_metrics_json_and_saved_model(tiny_model_dir, ner_files, tmp_path):
     again = run([*ner_argv(out, ner_files), "--eval_only", "--output_dir", str(tmp_path / "eval")])
     assert again["validation"] == metrics["validation"]
     assert again["predictions"]["validation"] == metrics["predictions"]["validation"]
+    assert (tmp_path / "eval" / "eval_metrics.json").is_file()
 
 
 def test_classification_text_and_tsv(tiny_model_dir, classification_files):
@@ -115,6 +135,120 @@ def test_local_dataset_folder_through_load_dataset(tiny_model_dir, ner_files, tm
                    "--max_train_steps", "2", "--per_device_train_batch_size", "8"])
     assert metrics["rows"] == {"train": 40, "validation": 20}
     assert metrics["completed_steps"] == 2
+
+
+# --------------------------------------------------------------------------------------------- the command line
+
+
+def test_help_shows_defaults_and_the_sample():
+    done = run_script(["--help"], ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = " ".join(done.stdout.split())
+    assert "With no arguments: fine-tunes the pretrained all-MiniLM-L6-v2 on the committed CoNLL-2003 sample" in text
+    assert "tests/data/conll2003_sample" in text
+    for default in ("(default: outputs/finetune)", "(default: compact)", "(default: 0.0003)", "(default: 3)", "(default: 42)"):
+        assert default in text, default
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_run_without_output_dir_writes_to_the_default_folder_and_says_so(tiny_model_dir, ner_files, tmp_path):
+    """In a fresh folder: outputs/finetune gets metrics.json, the model and the predictions; the console has one aligned
+    line per epoch, one line on the new classifier head instead of transformers' load report, and where things went."""
+    done = run_script([*ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "1")], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "outputs" / "finetune"
+    for name in ("metrics.json", "predictions_validation.json", "config.json", "model.safetensors", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    lines = done.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 1 and re.fullmatch(r"epoch 1/1  train loss \d+\.\d{4}  validation f1 \d\.\d{4}  \(\d+\.\d s\)", epochs[0]), lines
+    assert lines[-1] == (f"saved in {Path('outputs', 'finetune')}: metrics.json, predictions_validation.json, "
+                         "the model and its tokenizer")
+    assert any(line.endswith("new classifier head for 9 labels (classifier.bias, classifier.weight)") for line in lines)
+    assert "LOAD REPORT" not in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def resumed_equals(full: dict, resumed: dict, checkpoint: Path) -> None:
+    """The resumed run continues the uninterrupted one exactly: the same later losses, model and scores."""
+    assert resumed["resumed_from"] == str(checkpoint)
+    assert resumed["completed_steps"] == full["completed_steps"]
+    assert resumed["step_losses"] == full["step_losses"][resumed["resumed_at_step"]:]
+    assert resumed["validation"] == full["validation"]
+    assert resumed["predictions"] == full["predictions"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", ["compact", "datasets-default"])
+def test_resume_mid_epoch_as_complete_nlp_example(tiny_model_dir, ner_files, tmp_path, plan):
+    """The shape of accelerate's complete_nlp_example: no set_epoch call, load_state and skip_first_batches on resume,
+    dropout on. A checkpoint in epoch 2 of 3 (step 7 of 15, two batches in) resumes to the uninterrupted run's losses,
+    step for step, on both data paths: the loader's state (its epoch) is saved with the checkpoint."""
+    assert ".set_epoch(" not in Path(SCRIPT).read_text()
+    argv = ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "3", "--plan", plan)
+    full = run([*argv, "--checkpointing_steps", "7", "--output_dir", str(tmp_path / "full")])
+    assert full["completed_steps"] == 15
+    checkpoint = tmp_path / "full" / "step_7"
+    resumed = run([*argv, "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "resumed")])
+    assert resumed["resumed_at_step"] == 7 and [epoch["epoch"] for epoch in resumed["epochs"]] == [1, 2]
+    resumed_equals(full, resumed, checkpoint)
+
+
+@pytest.mark.slow
+def test_resume_latest_epoch_checkpoint(tiny_model_dir, ner_files, tmp_path):
+    """'latest' picks the furthest checkpoint of --output_dir; an epoch-end checkpoint resumes at the next epoch."""
+    argv = ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "3")
+    full = run([*argv, "--checkpointing_steps", "epoch", "--output_dir", str(tmp_path / "full")])
+    resume_dir = tmp_path / "resume"
+    for name in ("epoch_0", "epoch_1"):
+        shutil.copytree(tmp_path / "full" / name, resume_dir / name)
+    resumed = run([*argv, "--resume_from_checkpoint", "latest", "--output_dir", str(resume_dir)])
+    assert resumed["resumed_at_step"] == 10 and len(resumed["step_losses"]) == 5
+    resumed_equals(full, resumed, resume_dir / "epoch_1")
+
+
+@pytest.mark.slow
+def test_resume_with_gradient_accumulation(tiny_model_dir, ner_files, tmp_path):
+    """5 batches per epoch, 2 per optimizer step: 3 steps per epoch, the last of one batch; step 4 is one step into
+    epoch 2, so the resumed run skips 2 batches."""
+    argv = ner_argv(tiny_model_dir, ner_files, "--gradient_accumulation_steps", "2", "--plan", "datasets-default")
+    full = run([*argv, "--checkpointing_steps", "2", "--output_dir", str(tmp_path / "full")])
+    assert full["completed_steps"] == 6
+    checkpoint = tmp_path / "full" / "step_4"
+    resumed = run([*argv, "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "resumed")])
+    resumed_equals(full, resumed, checkpoint)
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_and_accelerate_launch_evaluation(tiny_model_dir, ner_files, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU) trains and evaluates, each example once (20 rows in batches of 8 over 2
+    processes: the repeated rows are dropped); `accelerate launch` evaluating the saved model in one process agrees."""
+    out = tmp_path / "ddp"
+    torchrun = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
+    done = run_script([*ner_argv(tiny_model_dir, ner_files, test=True), "--cpu", "--output_dir", str(out)], ROOT, launcher=torchrun)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert metrics["completed_steps"] == 6  # 40 rows over 2 processes in batches of 8: 3 steps per epoch
+    assert len(json.loads((out / "predictions_validation.json").read_text())) == 20
+    assert done.stdout.count("epoch 2/2  train loss") == 1  # printed by the main process only
+
+    single = tmp_path / "single"
+    launch = ("-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no")
+    done = run_script([*ner_argv(out, ner_files, test=True), "--eval_only", "--output_dir", str(single)], ROOT, launcher=launch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = json.loads((single / "eval_metrics.json").read_text())
+    assert evaluated["num_processes"] == 1
+    for split in ("validation", "test"):
+        assert evaluated[split] == metrics[split]
+        predictions = json.loads((out / f"predictions_{split}.json").read_text())
+        assert json.loads((single / f"eval_predictions_{split}.json").read_text()) == predictions
 
 
 # --------------------------------------------------------------------------------------------- labels and alignment
@@ -151,80 +285,6 @@ def test_label_list_sorted_when_not_conll():
     ints = DatasetDict({"train": Dataset.from_dict({"label": [2, 0, 1, 0]})})
     space = label_space(ints, "label", sequence=False)
     assert space.names == ["0", "1", "2"] and space.to_id[2] == 2
-
-
-# --------------------------------------------------------------------------------------------- resume
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("checkpoint", ["step_3", "epoch_0"])
-def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_model_dir, ner_files, tmp_path, checkpoint):
-    """A run resumed from a checkpoint of the uninterrupted run (mid-epoch: step_3 of 5; or after epoch 0) ends
-    with the same losses, the same model and the same scores: state, schedule, RNG and data order all restored."""
-    every = "3" if checkpoint.startswith("step") else "epoch"
-    full_dir = tmp_path / "full"
-    argv = ner_argv(tiny_model_dir, ner_files, "--gradient_accumulation_steps", "1")
-    full = run([*argv, "--checkpointing_steps", every, "--output_dir", str(full_dir)])
-    assert (full_dir / checkpoint).is_dir()
-
-    resumed = run([*argv, "--resume_from_checkpoint", str(full_dir / checkpoint), "--output_dir", str(tmp_path / "resumed")])
-    assert resumed["resumed_from"] == str(full_dir / checkpoint)
-    assert resumed["step_losses"] == full["step_losses"]
-    assert resumed["completed_steps"] == full["completed_steps"] == 10
-    assert resumed["validation"] == full["validation"]
-    assert resumed["predictions"] == full["predictions"]
-
-
-@pytest.mark.slow
-def test_resume_latest_with_gradient_accumulation(tiny_model_dir, ner_files, tmp_path):
-    """'latest' picks the furthest checkpoint of --output_dir; gradient accumulation (5 batches per epoch, 2 per step,
-    so 3 optimizer steps per epoch, the last of one batch) resumes on the right batch."""
-    argv = ner_argv(tiny_model_dir, ner_files, "--gradient_accumulation_steps", "2")
-    full = run([*argv, "--checkpointing_steps", "2", "--output_dir", str(tmp_path / "full")])
-    assert full["completed_steps"] == 6
-    resume_dir = tmp_path / "resume"
-    resume_dir.mkdir()
-    for name in ("step_2", "step_4"):
-        shutil.copytree(tmp_path / "full" / name, resume_dir / name)
-    resumed = run([*argv, "--resume_from_checkpoint", "latest", "--output_dir", str(resume_dir)])
-    assert resumed["resumed_from"] == str(resume_dir / "step_4")
-    assert resumed["step_losses"] == full["step_losses"]
-    assert resumed["validation"] == full["validation"]
-
-
-# --------------------------------------------------------------------------------------------- processes
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_evaluates_each_example_once(tiny_model_dir, ner_files, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo on CPU) trains and evaluates; its evaluation of the final model equals
-    a single-process evaluation of the saved model (20 rows in batches of 8: the repeated rows are dropped)."""
-    out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), SCRIPT,
-               *ner_argv(tiny_model_dir, ner_files, test=True), "--cpu", "--output_dir", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_processes"] == 2
-    assert metrics["completed_steps"] == 6  # 40 rows over 2 processes in batches of 8: 3 steps per epoch
-    assert len(json.loads((out / "predictions_validation.json").read_text())) == 20
-
-    single = run([*ner_argv(out, ner_files, test=True), "--eval_only", "--output_dir", str(tmp_path / "single")])
-    assert single["num_processes"] == 1
-    for split in ("validation", "test"):
-        assert single[split] == metrics[split]
-        assert single["predictions"][split] == json.loads((out / f"predictions_{split}.json").read_text())
-
-
-@pytest.mark.slow
-def test_accelerate_launch(tiny_model_dir, ner_files, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT,
-               *ner_argv(tiny_model_dir, ner_files, "--max_train_steps", "2"), "--output_dir", str(tmp_path / "out")]
-    done = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "validation: {" in done.stdout
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["completed_steps"] == 2
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -294,21 +354,21 @@ def test_plan_file_that_does_not_fit(tiny_model_dir, ner_files, tmp_path, no_tra
 
 
 def test_command_line_error_is_one_line_before_training(tiny_model_dir, ner_files, tmp_path):
-    out = tmp_path / "out"
-    command = [sys.executable, SCRIPT, *ner_argv(tiny_model_dir, ner_files), "--label_column_name", "tags", "--output_dir", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    done = run_script([*ner_argv(tiny_model_dir, ner_files), "--label_column_name", "tags"], tmp_path, timeout=120)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("finetune.py: error: The train split has no column 'tags'")
     assert "Traceback" not in done.stderr
-    assert not out.exists()
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_bad_options(tiny_model_dir, ner_files, tmp_path):
     with pytest.raises(InputError, match=r"--plan 'nope' is neither 'datasets-default', 'compact' nor an existing plan JSON file"):
         run([*ner_argv(tiny_model_dir, ner_files), "--plan", "nope"])
     with pytest.raises(InputError, match=r"--checkpointing_steps 'often': expected a number of steps or 'epoch'"):
-        run([*ner_argv(tiny_model_dir, ner_files), "--checkpointing_steps", "often", "--output_dir", str(tmp_path)])
+        run([*ner_argv(tiny_model_dir, ner_files), "--checkpointing_steps", "often"])
     with pytest.raises(InputError, match=r"--resume_from_checkpoint latest: no step_N or epoch_N checkpoint folder"):
         run([*ner_argv(tiny_model_dir, ner_files), "--resume_from_checkpoint", "latest", "--output_dir", str(tmp_path)])
-
+    with pytest.raises(InputError, match=r"--resume_from_checkpoint '.*': expected a folder named step_N or epoch_N"):
+        (tmp_path / "checkpoint").mkdir()
+        run([*ner_argv(tiny_model_dir, ner_files), "--resume_from_checkpoint", str(tmp_path / "checkpoint")])
