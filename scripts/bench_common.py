@@ -167,9 +167,19 @@ def load_average() -> list[float] | None:
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically: a run killed half-way leaves the previous report whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def finish_report(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Record the load average the run ended under, write the report and say where."""
+    payload["load_average_at_end"] = load_average()
+    write_json(path, payload)
+    print(f"\nwrote {path}")
 
 
 def fmt_bytes(n: float) -> str:

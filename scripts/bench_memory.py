@@ -304,9 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    payload["load_average_at_end"] = bc.load_average()
-    bc.write_json(args.output_json, payload)
-    print(f"\nwrote {args.output_json}")
+    bc.finish_report(args.output_json, payload)
     return payload
 
 

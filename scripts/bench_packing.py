@@ -655,9 +655,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_tables(payload)
     for name, text in payload["profiles"].items():
         print(f"\n== cProfile of {name} ==\n{text}")
-    payload["load_average_at_end"] = bc.load_average()
-    bc.write_json(args.output_json, payload)
-    print(f"\nwrote {args.output_json}")
+    bc.finish_report(args.output_json, payload)
     return payload
 
 

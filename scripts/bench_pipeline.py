@@ -530,9 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 text = profile_method(loaders, key, epochs=1 if args.quick else 3)
                 payload["loaders"]["profiles"][key] = text
                 print(f"\n== cProfile of {METHODS[key]}, batch {args.batch_sizes[0]} ==\n{text}")
-    payload["load_average_at_end"] = bc.load_average()
-    bc.write_json(args.output_json, payload)
-    print(f"\nwrote {args.output_json}")
+    bc.finish_report(args.output_json, payload)
     return payload
 
 

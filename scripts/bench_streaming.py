@@ -511,10 +511,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "timed": "iterating trainer.get_train_dataloader() + trainer._prepare_inputs(batch)",
                               "results": bench_trainers(tokenized, small, tokenizer, args.batch_size, Path(workdir),
                                                         min_seconds=min_seconds, repeats=repeats)}
-    payload["load_average_at_end"] = bc.load_average()
     print_report(payload)
-    bc.write_json(args.output_json, payload)
-    print(f"\nwrote {args.output_json}")
+    bc.finish_report(args.output_json, payload)
     return payload
 
 
