@@ -181,5 +181,7 @@ def check_integers(values: Any, target: str, *, column: str, row_of: Callable[[i
         hint = f"{smallest_integer_dtype(min(extremes), max(extremes))} holds every value of this batch"
     except OverflowError:
         hint = "no compute dtype of torch holds it" if compute else "no integer dtype holds it"
+        if compute and smallest >= 0 and largest <= integer_range("uint64")[1]:
+            hint = "no signed dtype holds it: compute 'uint64' serves it exactly (numpy uint64, or torch.uint64, which few ops support)"
     signed = " (-100 and other negative values need a signed dtype)" if bad < 0 <= low else ""
     raise LossyCastError(f"Column {column!r}{row}: value {bad} does not fit {target}, which holds [{low}, {high}]{signed}; {hint}.")

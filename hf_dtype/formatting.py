@@ -3,25 +3,28 @@
 ``ds.with_format("hf_dtype", plan=plan, backend="torch")`` reads each planned column straight from
 its Arrow buffers and hands it out in the plan's compute dtype (``datasets``' own ``dtype=`` is one
 dtype for all columns); derived columns are rebuilt from row lengths, and columns outside the plan
-are served as ``datasets`` serves them. ``DtypeTransform`` does the same for ``set_transform``,
-which hands it Python lists, and is the explicit-plan route for streams. Every value served is
-memory the caller owns (``convert.to_compute``).
+are served as ``datasets`` serves them, except uint64 values at or above 2**63, which it wraps to
+negative int64: numpy serves them as exact uint64, torch refuses them by column, row and value.
+``DtypeTransform`` does the same for ``set_transform``, which hands it Python lists, and is the
+explicit-plan route for streams. Every value served is memory the caller owns (``convert.to_compute``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets.formatting import NumpyFormatter, _register_formatter
 from datasets.formatting.formatting import TensorFormatter
 
-from .arrow import flatten_leaf, leaf_row, list_depth
-from .convert import check_backend, numpy_dtype, to_compute
-from .dtypes import is_float, to_torch
+from .arrow import arrow_leaf_dtype, flatten_leaf, is_list_type, leaf_row, list_depth
+from .convert import check_backend, numpy_dtype, to_compute, to_dtype
+from .dtypes import LossyCastError, integer_range, is_float, to_torch
 from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan, as_plan
 from .recording import NO_PLAN, plan_of_features
 
@@ -50,6 +53,69 @@ def _nest(values: Any, levels: Sequence[np.ndarray]) -> Any:
             row_levels.append(deeper[row_levels[-1][0]:row_levels[-1][-1] + 1])
         rows.append(_nest(values[row_levels[-1][0]:row_levels[-1][-1]], [level - level[0] for level in row_levels]))
     return rows
+
+
+_INT64_MAX = integer_range("int64")[1]
+
+
+@functools.cache
+def _holds_uint64(arrow_type: pa.DataType) -> bool:
+    """Whether values of ``arrow_type`` (lists and structs looked into) are uint64, which ``datasets`` serves as int64."""
+    return pa.types.is_uint64(arrow_type) or any(_holds_uint64(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+
+
+def _first_beyond_int64(array: pa.Array) -> tuple[int, int] | None:
+    """The row and value of the first uint64 value at or above 2**63 in ``array`` (lists and structs searched), or None."""
+    if pa.types.is_uint64(array.type):
+        row = pc.index(pc.greater(array, pa.scalar(_INT64_MAX, pa.uint64())), True).as_py()
+        return None if row < 0 else (row, array[row].as_py())
+    if is_list_type(array.type):
+        leaf, levels = flatten_leaf(array)
+        found = _first_beyond_int64(leaf)
+        return None if found is None else (leaf_row(found[0], levels), found[1])
+    if pa.types.is_struct(array.type):
+        return min(filter(None, map(_first_beyond_int64, array.flatten())), default=None)
+    return None
+
+
+def _without_nulls(array: pa.Array) -> bool:
+    """Whether no row of ``array`` and no value in its lists is null."""
+    while not array.null_count and is_list_type(array.type):
+        array = array.flatten()
+    return not array.null_count
+
+
+def _beyond_int64(name: str, column: pa.ChunkedArray, backend: str) -> np.ndarray | list | None:
+    """A column outside the plan holding uint64 values at or above 2**63, which ``datasets`` would serve wrapped to negative
+    int64: served as exact uint64 by numpy (numbers and lists of them, without nulls), else refused, saying what to do (torch
+    computes in no unsigned 64-bit dtype). None when it has no such value: ``datasets`` serves it."""
+    if not _holds_uint64(column.type):
+        return None
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    found = _first_beyond_int64(array)
+    if found is None:
+        return None
+    plain = arrow_leaf_dtype(array.type) == "uint64" and _without_nulls(array)  # numbers or lists of them: numpy holds them
+    if backend == "numpy" and plain:
+        leaf, levels = flatten_leaf(array)
+        return _nest(to_dtype(leaf.to_numpy(zero_copy_only=False), "uint64", "numpy"), levels)
+    row, value = found
+    if plain:  # and backend == "torch"
+        fixes = ("serve it with backend='numpy' (exact uint64), plan it with compute 'uint64' (a torch.uint64 tensor, which few "
+                 "torch ops support)")
+    else:
+        fixes = "fill its nulls and take it out of any struct (numpy then serves it as exact uint64)"
+    raise LossyCastError(f"Column {name!r}, row {row}: value {value} is beyond int64, so datasets' own formats would serve it wrapped "
+                         f"(as {value - 2**64}) or rounded to a float; {fixes}, or store it otherwise (e.g. as a string).")
+
+
+def _refuse_nulls(name: str, column: pa.ChunkedArray, leaf: pa.Array, levels: list[np.ndarray], entry: ColumnDtype) -> None:
+    """A planned integer or bool column holds no null: read as numpy it would be a NaN, then served as int64's smallest value."""
+    if is_float(entry.storage) or is_float(entry.served_dtype) or not (column.null_count or leaf.null_count):
+        return  # a float serves a null as NaN, as datasets does
+    row = pc.index(pc.is_null(column), True).as_py() if column.null_count else leaf_row(pc.index(pc.is_null(leaf), True).as_py(), levels)
+    raise LossyCastError(f"Column {name!r}, row {row}: a null, which {entry.served_dtype} cannot hold; fill the nulls (e.g. with "
+                         f"ds.map) or leave the column out of the plan (datasets serves a null number as float NaN, a null row as None).")
 
 
 class _Server:
@@ -106,11 +172,14 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
     def format_batch(self, pa_table: pa.Table) -> Mapping:
         stored = self.server.plan.stored
         rest = [name for name in pa_table.column_names if name not in stored]
-        served = self.fallback.format_batch(pa_table.select(rest)) if rest else {}
+        served = {name: exact for name in rest if (exact := _beyond_int64(name, pa_table.column(name), self.server.backend)) is not None}
+        rest = [name for name in rest if name not in served]
+        served |= self.fallback.format_batch(pa_table.select(rest)) if rest else {}
         out = {}
         for name in pa_table.column_names:
             if name in stored:
                 leaf, levels = flatten_leaf(pa_table.column(name))
+                _refuse_nulls(name, pa_table.column(name), leaf, levels, stored[name])
                 out[name] = self.server.column(name, leaf.to_numpy(zero_copy_only=False), levels, owned=False)
             else:
                 out[name] = served[name]
@@ -160,10 +229,21 @@ class DtypeTransform:
         self.before = before
 
     @staticmethod
-    def _values(flat: list, entry: ColumnDtype) -> np.ndarray:
+    def _values(flat: list, entry: ColumnDtype, column: str, levels: list[np.ndarray]) -> np.ndarray:
         if entry.storage == "bfloat16" and flat and not isinstance(flat[0], float):
             return np.asarray(flat, dtype=np.uint16)  # bfloat16 bits, as a compact dataset stores them
-        return np.asarray(flat, dtype=np.float64 if is_float(entry.storage) or is_float(entry.served_dtype) else np.int64)
+        if is_float(entry.storage) or is_float(entry.served_dtype):
+            return np.asarray(flat, dtype=np.float64)
+        for dtype in (np.int64, np.uint64):  # uint64 for values at or above 2**63, range-checked against the compute dtype next
+            try:
+                return np.asarray(flat, dtype=dtype)
+            except OverflowError:
+                continue
+        low, high = integer_range("int64")
+        where = next(i for i, value in enumerate(flat) if not low <= value <= high)
+        raise LossyCastError(f"Column {column!r}, row {leaf_row(where, levels)}: value {flat[where]} does not fit int64, and no "
+                             f"integer dtype holds every value of the batch (it mixes negative values with values beyond int64, "
+                             f"or goes beyond uint64).")
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         if self.before is not None:
@@ -174,7 +254,7 @@ class DtypeTransform:
         for name, entry in server.plan.stored.items():
             if name in batch:
                 flat, levels = _flatten_python(batch[name])
-                out[name] = server.column(name, self._values(flat, entry), levels, owned=True)
+                out[name] = server.column(name, self._values(flat, entry, name, levels), levels, owned=True)
 
         def lengths_of(source: str) -> np.ndarray | None:
             return np.array([len(row) for row in batch[source]], dtype=np.int64) if source in batch else None

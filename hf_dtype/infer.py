@@ -1,18 +1,20 @@
 """``infer_plan``: the smallest lossless storage per column, from Arrow statistics.
 
 Statistics are computed with ``pyarrow.compute`` over each column's flattened leaf values, chunk by
-chunk, without converting rows to Python. Like Megatron-LM picking uint16 for vocabularies under
-65,536 tokens, the plan stores each integer column in the narrowest dtype that holds all its values
-and its pad value; compute dtypes stay those ``datasets`` serves, so the plan is a drop-in. Every
-proposal serves: a column whose values no compute dtype holds (integers at or above 2**63) is left
-out with a warning.
+chunk, without converting rows to Python, and over the rows the dataset shows: after ``select``,
+``filter`` or ``shuffle`` only the rows of its indices mapping (those ``compact`` stores), not the
+whole Arrow table beneath it. Like Megatron-LM picking uint16 for vocabularies under 65,536 tokens,
+the plan stores each integer column in the narrowest dtype that holds all its values and its pad
+value; compute dtypes stay those ``datasets`` serves, so the plan is a drop-in. Every proposal
+serves: a column whose values no compute dtype holds (integers at or above 2**63) is left out with
+a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,12 +27,15 @@ from .dtypes import bfloat16_bits_to_float32, canonical_dtype, integer_range, is
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
 from .recording import leaf_feature, plan_of_features
 
-__all__ = ["ColumnStats", "infer_plan", "table_stats"]
+__all__ = ["ColumnStats", "dataset_stats", "infer_plan", "table_stats"]
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("labels", *LABEL_ALIASES)
 """Sequence columns padded with -100, the index that ``cross_entropy`` ignores."""
+
+_TAKE_ROWS = 1 << 14
+"""Rows of an indices mapping taken at once: statistics of a filtered or shuffled dataset hold this many rows' values."""
 
 
 @dataclass
@@ -65,11 +70,13 @@ class ColumnStats:
         )
 
 
-def _column_stats(name: str, column: pa.ChunkedArray, dtype: str, names: tuple[str, ...] | None) -> ColumnStats:
-    lows, highs, nulls, values = [], [], column.null_count, 0
-    depth = list_depth(column.type)
+def _column_stats(name: str, arrow_type: pa.DataType, chunks: Iterable[pa.Array], dtype: str,
+                  names: tuple[str, ...] | None) -> ColumnStats:
+    lows, highs, rows, nulls, values, nbytes = [], [], 0, 0, 0, 0
+    depth = list_depth(arrow_type)
     lengths = hashlib.blake2b(digest_size=16)
-    for chunk in column.chunks:
+    for chunk in chunks:
+        rows, nulls, nbytes = rows + len(chunk), nulls + chunk.null_count, nbytes + chunk.nbytes
         leaf, levels = flatten_leaf(chunk)
         if depth == 1:
             lengths.update(np.diff(levels[0]).astype(np.int64).tobytes())
@@ -86,18 +93,31 @@ def _column_stats(name: str, column: pa.ChunkedArray, dtype: str, names: tuple[s
             lows.append(extremes["min"].as_py())
             highs.append(extremes["max"].as_py())
     return ColumnStats(
-        name=name, dtype=dtype, depth=depth, rows=len(column), values=values, nulls=nulls,
+        name=name, dtype=dtype, depth=depth, rows=rows, values=values, nulls=nulls,
         minimum=min(lows) if lows else None, maximum=max(highs) if highs else None,
-        nbytes=column.nbytes, lengths_digest=lengths.digest() if depth == 1 else None, names=names,
+        nbytes=nbytes, lengths_digest=lengths.digest() if depth == 1 else None, names=names,
     )
 
 
-def table_stats(table: pa.Table, features: Features | None) -> dict[str, ColumnStats]:
-    """Statistics of every numeric column of ``table`` (``features`` give ClassLabel names and a recorded plan)."""
+def _shown_chunks(column: pa.ChunkedArray, rows: np.ndarray | None) -> Iterator[pa.Array]:
+    """The chunks of ``column``, or, where ``rows`` are given, chunks of those rows only, taken ``_TAKE_ROWS`` at a time."""
+    if rows is None:
+        yield from column.chunks
+        return
+    for start in range(0, len(rows), _TAKE_ROWS):
+        yield from column.take(pa.array(rows[start:start + _TAKE_ROWS])).chunks
+
+
+def table_stats(table: pa.Table, features: Features | None, *, rows: np.ndarray | None = None) -> dict[str, ColumnStats]:
+    """Statistics of every numeric column of ``table`` (``features`` give ClassLabel names and a recorded plan).
+
+    ``rows``: positions in ``table`` of the rows to count (an indices mapping; a row given twice counts twice); default all.
+    """
     recorded = plan_of_features(features) or DtypePlan()
     out = {}
     for name in table.column_names:
-        dtype = arrow_leaf_dtype(table.schema.field(name).type)
+        arrow_type = table.schema.field(name).type
+        dtype = arrow_leaf_dtype(arrow_type)
         if dtype is None:
             continue
         entry = recorded.columns.get(name)
@@ -105,8 +125,18 @@ def table_stats(table: pa.Table, features: Features | None) -> dict[str, ColumnS
         names = tuple(leaf.names) if isinstance(leaf, ClassLabel) else (entry.names if entry is not None else None)
         if entry is not None and entry.storage == "bfloat16":
             dtype = "bfloat16"
-        out[name] = _column_stats(name, table.column(name), dtype, names)
+        out[name] = _column_stats(name, arrow_type, _shown_chunks(table.column(name), rows), dtype, names)
     return out
+
+
+def dataset_stats(dataset: Dataset) -> dict[str, ColumnStats]:
+    """Statistics of every numeric column over the rows ``dataset`` shows: after ``select``, ``filter``, ``shuffle`` or
+    ``train_test_split`` those of its indices mapping, not every row of the Arrow table beneath it."""
+    table, mapping = dataset.data.table, dataset._indices  # datasets' indices mapping: a table of row positions, or None
+    rows = None if mapping is None else np.sort(mapping.column(0).to_numpy())  # sorted: a memory map is read in order
+    if rows is not None and len(rows) and (np.diff(rows) == 1).all():  # a run of rows (all of them after a shuffle): a slice
+        table, rows = table.slice(int(rows[0]), len(rows)), None
+    return table_stats(table, dataset.features, rows=rows)
 
 
 def _default_pad(stats: ColumnStats, pad_token_id: int | None) -> int | None:
@@ -131,7 +161,8 @@ def _integer_entry(stats: ColumnStats, pad: int | None, vocab_size: int | None) 
     if vocab_size is not None and stats.name.endswith("input_ids"):
         high = max(high, vocab_size - 1)
     if high > integer_range("int64")[1]:
-        logger.warning("Column %r is left out of the plan: its value %d is beyond int64, so no compute dtype of torch holds it.",
+        logger.warning("Column %r is left out of the plan: its value %d is beyond int64, so no compute dtype of torch holds it "
+                       "(with_format('hf_dtype', backend='numpy') serves it as exact uint64; backend='torch' refuses it).",
                        stats.name, high)
         return None
     storage = "bool" if stats.dtype == "bool" or (stats.names is None and low >= 0 and high <= 1) else smallest_integer_dtype(low, high)
@@ -179,7 +210,8 @@ def infer_plan(
     """Propose the smallest lossless storage dtype for each numeric column of ``dataset``.
 
     Args:
-        dataset: a ``Dataset``, or a ``DatasetDict`` (one plan that holds every split); or a stream
+        dataset: a ``Dataset`` (the rows it shows, after ``select`` / ``filter`` / ``shuffle``), or a
+            ``DatasetDict`` (one plan that holds every split); or a stream
             (``IterableDataset``, ``IterableDatasetDict``), read no further than its first ``sample_rows``
             rows: a later row outside the proposed range makes ``compact`` raise, naming it.
         vocab_size: store ``*input_ids`` columns in a dtype that holds every token id, not only those seen.
@@ -198,8 +230,8 @@ def infer_plan(
         raise TypeError(f"infer_plan takes a datasets.Dataset, DatasetDict, IterableDataset or IterableDatasetDict; "
                         f"got {type(dataset).__name__}.")
     streams = isinstance(splits[0], IterableDataset)
-    tables = [_sample(split, sample_rows) if streams else (split.data.table, split.features) for split in splits]
-    per_split = [table_stats(table, features) for table, features in tables]
+    samples = [_sample(split, sample_rows) for split in splits] if streams else []
+    per_split = [table_stats(*sample) for sample in samples] if streams else [dataset_stats(split) for split in splits]
     names = [name for name in per_split[0] if all(name in stats for stats in per_split)]
     if columns is not None:
         wanted = list(columns)
@@ -215,7 +247,7 @@ def infer_plan(
         stats[name] = merged
     plan = plan_from_stats(stats, vocab_size=vocab_size, pad_token_id=pad_token_id, floats=floats, derive=derive)
     if streams:
-        rows = sum(table.num_rows for table, _ in tables)
+        rows = sum(table.num_rows for table, _ in samples)
         return DtypePlan(plan.columns, note=f"inferred from the first {rows:,} rows of the stream; give vocab_size= for token ids")
     return plan
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any
+from typing import Any, NoReturn
 
 from .dtypes import canonical_dtype, integer_range, is_float, is_integer
 
@@ -189,9 +189,26 @@ class DtypePlan(Mapping[str, ColumnDtype]):
         return DtypePlan({name: entry for name, entry in self.columns.items()
                           if name in keep or (entry.lengths_from is not None and entry.lengths_from in keep)})
 
-    def update(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
-        """A new plan with the entries of ``other`` replacing or adding to these."""
-        return DtypePlan({**self.columns, **{name: ColumnDtype.from_dict(e, name) for name, e in other.items()}})
+    def __or__(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
+        """``plan | {...}``: a new plan with the entries of ``other`` replacing or adding to these, as ``dict | dict``."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return DtypePlan({**self.columns, **other})
+
+    def __ror__(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
+        """``{...} | plan``: a new plan with this plan's entries replacing or adding to those of ``other`` (the right one wins)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return DtypePlan({**other, **self.columns})
+
+    def replace(self, /, **columns: ColumnDtype | Mapping | str) -> DtypePlan:
+        """A new plan with these column entries replacing or adding to this plan's: ``plan.replace(input_ids="uint16")``."""
+        return self | columns
+
+    def update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: a plan is immutable, so an in-place ``dict.update`` would silently change nothing."""
+        raise TypeError("A DtypePlan is immutable, so plan.update(...) cannot change it; make a new plan instead: "
+                        "plan = plan | {\"input_ids\": \"uint16\"} or plan = plan.replace(input_ids=\"uint16\").")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: entry.to_dict() for name, entry in self.columns.items()}

@@ -125,10 +125,24 @@ def test_integers_beyond_int64_are_left_out_of_the_plan_and_refused_by_name(capl
         huge.with_format("hf_dtype", plan=plan)[:]
     with pytest.raises(hd.LossyCastError, match=r"Column 'hash', row 1: value 9223372036854775815 does not fit int64"):
         next(iter(hd.dataloader(huge, 2, plan=plan, widen="cpu")))
-    device = next(iter(hd.dataloader(huge, 2, plan=plan)))
+    device = next(iter(hd.dataloader(huge, 2, plan=plan, widen="device")))
     assert device["hash"].dtype == torch.uint64  # storage dtype: nothing lost on the way
     with pytest.raises(hd.LossyCastError, match=r"Column 'hash', row 1 of the batch: value 9223372036854775815 does not fit int64"):
         hd.DtypePlan.from_dict(plan).widen(device)
+
+
+def test_an_unplanned_uint64_column_batched_by_the_loader_is_never_wrapped():
+    """A column outside the plan that the loader is asked for: storage dtype (exact) on the device, refused when widened."""
+    huge = datasets.Dataset(pa.table({"hash": pa.array([5, 2**63 + 7], pa.uint64()), "ids": [[1, 2], [3]]}))
+    plan = {"ids": "uint8"}
+    for dataset in (huge, huge.to_iterable_dataset()):
+        loader = hd.dataloader(dataset, 2, plan=plan, columns=["ids", "hash"], widen="device")
+        batch = next(iter(loader))
+        assert batch["hash"].dtype == torch.uint64 and batch["hash"].tolist() == [5, 2**63 + 7]
+        with pytest.raises(hd.LossyCastError, match=r"Column 'hash', row 1 of the batch: value 9223372036854775815 does not fit int64"):
+            loader.plan.widen(batch)
+        with pytest.raises(hd.LossyCastError, match=r"Column 'hash', row 1( of stream batch 0)?: value 9223372036854775815 does not fit"):
+            next(iter(hd.dataloader(dataset, 2, plan=plan, columns=["ids", "hash"], widen="cpu")))
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"])

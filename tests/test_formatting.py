@@ -1,5 +1,6 @@
 import datasets
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -34,10 +35,10 @@ def test_a_compact_dataset_serves_what_with_format_torch_serves(tokenized, small
 
 
 def test_columns_are_served_in_their_own_compute_dtypes(small):
-    plan = hd.plan_of(small).update({
+    plan = hd.plan_of(small) | {
         "input_ids": {"storage": "uint16", "compute": "int32", "pad": 0},
         "attention_mask": {"derived": "ones", "compute": "bool", "lengths_from": "input_ids"},
-    })
+    }
     row = small.with_format("hf_dtype", plan=plan)[0]
     assert row["input_ids"].dtype == torch.int32
     assert row["attention_mask"].dtype == torch.bool
@@ -149,3 +150,107 @@ def test_transform_composes_with_on_the_fly_tokenization(tokenizer):
 def test_transform_rejects_a_bad_backend():
     with pytest.raises(ValueError, match="Unknown backend"):
         DtypeTransform({"x": "int8"}, backend="tf")
+
+
+# --- uint64 values at or above 2**63: datasets serves them wrapped to negative int64 ---------------------
+
+BEYOND = [2**63 + 5, 3, 2**64 - 1]
+
+
+def _uint64_columns() -> datasets.Dataset:
+    return datasets.Dataset(pa.table({
+        "big": pa.array(BEYOND, pa.uint64()),
+        "seq": pa.array([[2**63 + 5, 1], [3], [2**64 - 1]], pa.list_(pa.uint64())),
+        "pairs": pa.array([[1, 2], [3, 2**63], [5, 6]], pa.list_(pa.uint64(), 2)),
+        "nested": pa.array([[[1]], [[2, 3]], [[2**64 - 1]]], pa.list_(pa.list_(pa.uint64()))),
+        "x": [1, 2, 3],
+    }))
+
+
+def test_unplanned_uint64_beyond_int64_is_served_exactly_by_numpy():
+    """The issue's column: infer_plan leaves it out, and the formatter served it as -9223372036854775803, 3, -1."""
+    ds = _uint64_columns()
+    plan = hd.infer_plan(ds)
+    assert list(plan) == ["x"]
+    batch = ds.with_format("hf_dtype", plan=plan, backend="numpy")[:]
+    assert batch["big"].dtype == np.uint64 and batch["big"].tolist() == BEYOND
+    assert [row.dtype for row in batch["seq"]] == [np.uint64] * 3 and [row.tolist() for row in batch["seq"]] == ds["seq"]
+    assert batch["pairs"].dtype == np.uint64 and batch["pairs"].tolist() == ds["pairs"]
+    assert [row.tolist() for row in batch["nested"]] == ds["nested"] and batch["nested"][2].dtype == np.uint64
+    assert ds.with_format("hf_dtype", plan=plan, backend="numpy")[2]["big"] == 2**64 - 1
+    batch["big"][0] = 0  # the caller's memory, not the dataset's
+    assert ds["big"] == BEYOND
+
+
+@pytest.mark.parametrize("column", ["big", "seq", "pairs", "nested"])
+def test_unplanned_uint64_beyond_int64_is_refused_by_torch_with_what_to_do(column):
+    ds = _uint64_columns().select_columns([column, "x"])
+    row, value = {"big": (0, 2**63 + 5), "seq": (0, 2**63 + 5), "pairs": (1, 2**63), "nested": (2, 2**64 - 1)}[column]
+    with pytest.raises(LossyCastError, match=rf"Column '{column}', row {row}: value {value} is beyond int64, so datasets' own formats "
+                                             rf"would serve it wrapped \(as {value - 2**64}\) .*; serve it with backend='numpy' "
+                                             r"\(exact uint64\), plan it with compute 'uint64'"):
+        ds.with_format("hf_dtype", plan={"x": "uint8"})[:]
+
+
+def test_unplanned_uint64_below_2_63_is_served_as_datasets_serves_it():
+    ds = datasets.Dataset(pa.table({"big": pa.array([2**63 - 1, 3], pa.uint64()), "seq": pa.array([[1, 2], [3]], pa.list_(pa.uint64())),
+                                    "x": [1, 2]}))
+    for backend in ("torch", "numpy"):
+        served = ds.with_format("hf_dtype", plan={"x": "uint8"}, backend=backend)[:]
+        reference = ds.with_format(backend)[:]
+        assert str(served["big"].dtype).endswith("int64") and served["big"].tolist() == reference["big"].tolist() == [2**63 - 1, 3]
+        assert [row.tolist() for row in served["seq"]] == [[1, 2], [3]] and str(served["seq"][0].dtype).endswith("int64")
+
+
+def test_uint64_with_nulls_or_in_a_struct_is_refused_by_both_backends():
+    ds = datasets.Dataset(pa.table({
+        "maybe": pa.array([3, None, 2**63 + 1], pa.uint64()),
+        "record": pa.array([{"id": 1}, {"id": 2**63 + 2}, {"id": 2}], pa.struct([("id", pa.uint64())])),
+        "x": [1, 2, 3],
+    }))
+    for backend in ("torch", "numpy"):
+        for column, row, value in (("maybe", 2, 2**63 + 1), ("record", 1, 2**63 + 2)):
+            with pytest.raises(LossyCastError, match=rf"Column '{column}', row {row}: value {value} is beyond int64.*; fill its nulls "
+                                                     r"and take it out of any struct"):
+                ds.select_columns([column, "x"]).with_format("hf_dtype", plan={"x": "uint8"}, backend=backend)[:]
+
+
+def test_a_planned_uint64_column_is_range_checked_or_served_as_uint64_when_asked():
+    ds = _uint64_columns().select_columns(["big"])
+    for backend in ("torch", "numpy"):
+        with pytest.raises(LossyCastError, match=r"Column 'big', row 0: value 9223372036854775813 does not fit int64.*no signed dtype "
+                                                 r"holds it: compute 'uint64' serves it exactly"):
+            ds.with_format("hf_dtype", plan={"big": "uint64"}, backend=backend)[:]
+    exact = ds.with_format("hf_dtype", plan={"big": {"storage": "uint64", "compute": "uint64"}})[:]["big"]
+    assert exact.dtype == torch.uint64 and exact.tolist() == BEYOND
+
+
+def test_transform_serves_uint64_beyond_int64_exactly_or_refuses_it():
+    ds = _uint64_columns().select_columns(["big", "seq", "x"])
+    out = ds.with_transform(DtypeTransform({"x": "uint8"}))[:]
+    assert out["big"] == BEYOND and out["seq"] == ds["seq"]  # outside the plan: set_transform's Python ints, exact
+    for backend in ("torch", "numpy"):  # was an OverflowError from numpy, naming nothing
+        with pytest.raises(LossyCastError, match=r"Column 'seq', row 0: value 9223372036854775813 does not fit int64.*compute 'uint64'"):
+            ds.with_transform(DtypeTransform({"seq": "uint64"}, backend=backend))[:]
+    exact = ds.with_transform(DtypeTransform({"big": {"storage": "uint64", "compute": "uint64"}}))[:]["big"]
+    assert exact.dtype == torch.uint64 and exact.tolist() == BEYOND
+    with pytest.raises(LossyCastError, match=r"Column 'v', row 1: value 9223372036854775808 does not fit int64, and no integer dtype "
+                                             r"holds every value of the batch"):
+        DtypeTransform({"v": "int64"})({"v": [[1], [-1, 2**63]]})
+
+
+def test_nulls_in_a_planned_integer_column_are_refused_by_row():
+    """Read as numpy, a null made the column float (2**60 + 1 rounded) and was served as int64's smallest value."""
+    ds = datasets.Dataset(pa.table({
+        "x": pa.array([2**60 + 1, None, 3]),
+        "ids": pa.array([[1, 2], [3, None], [4]], pa.list_(pa.int32())),
+        "rows": pa.array([[1], [2], None], pa.list_(pa.int32())),
+        "score": pa.array([0.5, None, 1.0], pa.float32()),
+    }))
+    for backend in ("torch", "numpy"):
+        for column, row in (("x", 1), ("ids", 1), ("rows", 2)):
+            with pytest.raises(LossyCastError, match=rf"Column '{column}', row {row}: a null, which int64 cannot hold; fill the nulls"):
+                ds.with_format("hf_dtype", plan={column: "int64"}, backend=backend)[:]
+        score = ds.with_format("hf_dtype", plan={"score": "float32"}, backend=backend)[:]["score"]
+        assert np.isnan(np.asarray(score)[1]) and np.asarray(score)[2] == 1.0  # a float serves a null as NaN, as datasets does
+    assert ds.with_format("hf_dtype", plan={"x": "int64"})[0]["x"].item() == 2**60 + 1  # a row without a null serves

@@ -197,3 +197,108 @@ def test_class_label_columns_are_planned_with_their_names():
     assert plan["label"] == ColumnDtype(storage="int8", compute="int64", names=tuple(names))
     assert plan["tags"] == ColumnDtype(storage="int16", compute="int64", pad=-100, names=tuple(f"t{i}" for i in range(200)))
     assert "2 label names" in str(plan)
+
+
+# --- a plan is immutable: a new plan is made with |, and update (dict's in-place change) is refused -----
+
+
+def test_or_makes_a_new_plan_and_leaves_the_old_one_unchanged():
+    plan = DtypePlan.from_dict(PLAN_DICT)
+    wider = plan | {"input_ids": "int32", "score": {"storage": "float16"}}
+    assert isinstance(wider, DtypePlan) and wider["input_ids"] == ColumnDtype(storage="int32")
+    assert wider["score"].storage == "float16" and list(wider) == [*PLAN_DICT, "score"]
+    assert plan.to_dict() == PLAN_DICT  # unchanged
+    assert plan | DtypePlan.from_dict({"labels": "int16"}) == plan | {"labels": "int16"}
+    assert ({"labels": "int16", "extra": "uint8"} | plan).to_dict() == {"labels": PLAN_DICT["labels"], "extra": {"storage": "uint8"},
+                                                                       "input_ids": PLAN_DICT["input_ids"],
+                                                                       "attention_mask": PLAN_DICT["attention_mask"]}  # right wins
+    same = plan
+    same |= {"labels": "int16"}
+    assert same["labels"].storage == "int16" and plan["labels"].storage == "int8"  # |= rebinds, as with a frozenset
+
+
+def test_replace_takes_columns_as_keywords():
+    plan = DtypePlan.from_dict(PLAN_DICT)
+    assert plan.replace(input_ids="uint32", token_type_ids={"derived": "zeros"}) == plan | {
+        "input_ids": "uint32", "token_type_ids": {"derived": "zeros"}}
+    assert plan.replace() == plan and plan["input_ids"].storage == "uint16"
+
+
+def test_update_is_refused_with_the_way_to_write_it():
+    """dict.update changes in place; plan.update used to return a new plan, so plan.update({...}) silently changed nothing."""
+    plan = DtypePlan.from_dict(PLAN_DICT)
+    with pytest.raises(TypeError, match=r"A DtypePlan is immutable, so plan\.update\(\.\.\.\) cannot change it; make a new plan "
+                                        r"instead: plan = plan \| \{\"input_ids\": \"uint16\"\} or plan = plan\.replace\("):
+        plan.update({"input_ids": "uint32"})
+    with pytest.raises(TypeError, match="immutable"):
+        plan.update(input_ids="uint32")
+    assert plan.to_dict() == PLAN_DICT
+
+
+def test_new_entries_are_checked_and_only_mappings_combine():
+    plan = DtypePlan.from_dict(PLAN_DICT)
+    with pytest.raises(ValueError, match=r"Column 'x': Unknown dtype 'uint7'"):
+        plan | {"x": "uint7"}
+    with pytest.raises(ValueError, match=r"Column 'attention_mask' takes its lengths from 'input_ids', which is not a stored column"):
+        DtypePlan.from_dict({**PLAN_DICT, "attention_mask": {**PLAN_DICT["attention_mask"], "lengths_from": "input_ids"}}) | {
+            "input_ids": {"derived": "zeros"}}
+    with pytest.raises(TypeError, match=r"unsupported operand type\(s\) for \|: 'DtypePlan' and 'list'"):
+        plan | [("x", "uint8")]
+
+
+# --- inference reads the rows a dataset shows (its indices mapping), not the table beneath it ---------
+
+
+def _numbers() -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"x": [1, 2, 3, 70000], "ids": [[1, 2], [3], [2, 1], [70000, 5]],
+                                       "mask": [[1, 1], [1], [1, 1], [0, 1]], "text": list("abcd")})
+
+
+@pytest.mark.parametrize("view", [
+    lambda ds: ds.select([2, 0, 1]),
+    lambda ds: ds.filter(lambda row: row["x"] < 100),
+    lambda ds: ds.shuffle(seed=1).filter(lambda row: row["x"] < 100),
+    lambda ds: next(part for part in ds.train_test_split(test_size=2, seed=0).values() if 70000 not in part["x"]),
+])
+def test_infer_plan_reads_only_the_rows_the_dataset_shows(view):
+    """70000 lies in the Arrow table beneath every view, but in none of the rows it shows: uint8 holds them all."""
+    shown = view(_numbers())
+    assert 70000 not in shown["x"] and shown._indices is not None
+    plan = hd.infer_plan(shown)
+    assert plan["x"].storage == "uint8" and plan["ids"].storage == "uint8"
+    assert plan["mask"].derived == "ones"  # the one 0 lies in a row it does not show
+    small = hd.compact(shown)
+    assert small.features["x"].dtype == "uint8" and small["x"] == shown["x"] and small["ids"] == shown["ids"]
+
+
+def test_infer_plan_of_views_in_a_datasetdict_and_an_empty_view():
+    ds = _numbers()
+    plan = hd.infer_plan(datasets.DatasetDict({"train": ds.select([1, 0]), "test": ds.select([2])}))
+    assert plan["x"].storage == "uint8" and plan["ids"].storage == "uint8"
+    assert hd.infer_plan(ds.select([2, 0]).select([])).to_dict()["x"]["storage"] == "int64"  # no rows: the dtype it has
+
+
+def test_statistics_of_a_view_equal_those_of_its_rows_when_taken_in_several_batches(tokenized, monkeypatch):
+    from hf_dtype import infer
+
+    monkeypatch.setattr(infer, "_TAKE_ROWS", 2)
+    view = tokenized.shuffle(seed=5).select([4, 0, 3, 1, 5])
+    got = infer.dataset_stats(view)
+    expected = infer.table_stats(view.flatten_indices().data.table, None)  # the rows it shows, written out
+    for name, stats in expected.items():
+        assert (got[name].rows, got[name].values, got[name].minimum, got[name].maximum) == (
+            stats.rows, stats.values, stats.minimum, stats.maximum), name
+    assert got["attention_mask"].lengths_digest == got["input_ids"].lengths_digest  # masks are still derived
+    assert hd.infer_plan(view) == hd.infer_plan(view.flatten_indices())
+    assert infer.dataset_stats(tokenized.shuffle(seed=1))["labels"].rows == len(tokenized)  # every row: read as the table
+    assert infer.dataset_stats(tokenized.select([3, 0, 3]))["labels"].rows == 3  # a row shown twice counts twice, as compact stores it
+
+
+# --- the package ------------------------------------------------------------------------------------
+
+
+def test_the_installed_version_is_the_package_version():
+    """pyproject.toml reads the version from hf_dtype.__version__: one place to change it."""
+    import importlib.metadata
+
+    assert importlib.metadata.version("hf-dtype") == hd.__version__ == "0.2.0"

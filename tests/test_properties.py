@@ -2,6 +2,7 @@
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -110,3 +111,34 @@ def test_floats_into_integers_are_exact_or_raise(values, target):
         return
     assert fits
     np.testing.assert_array_equal(_served(out).astype(np.float64), np.array(values))
+
+
+@SETTINGS
+@given(
+    values=st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 300), min_size=1, max_size=12),
+    nested=st.booleans(),
+    backend=st.sampled_from(["torch", "numpy"]),
+    served_by=st.sampled_from(["formatter", "transform"]),
+)
+def test_uint64_outside_the_plan_is_served_exactly_or_refused(values, nested, backend, served_by):
+    """``datasets`` serves uint64 as int64, so 2**63 and above came out negative; now exact (numpy uint64) or refused."""
+    rows, feature = _column(values, nested, "uint64")
+    arrow_type = datasets.Features({"x": feature}).arrow_schema.field("x").type
+    ds = datasets.Dataset(pa.table({"x": pa.array(rows, arrow_type), "y": pa.array([0] * len(rows), pa.int8())}))  # from_dict overflows
+    plan = {"y": "int8"}
+    try:
+        if served_by == "formatter":
+            served = ds.with_format("hf_dtype", plan=plan, backend=backend)[:]["x"]
+        else:
+            served = ds.with_transform(hd.DtypeTransform(plan, backend=backend))[:]["x"]
+    except LossyCastError as error:
+        assert backend == "torch" and served_by == "formatter" and max(values) >= 2**63, error
+        assert "Column 'x', row" in str(error) and "backend='numpy'" in str(error)
+        return
+    assert _ints(served) == values
+
+
+def _ints(value) -> list[int]:
+    """The integers of a served value (array, tensor, list of them, Python list), flattened, as Python ints."""
+    value = value.tolist() if hasattr(value, "tolist") else value
+    return [item for part in value for item in _ints(part)] if isinstance(value, list) else [value]

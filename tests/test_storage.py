@@ -108,6 +108,16 @@ def test_compact_of_a_shuffled_view_keeps_its_order(tokenized):
     assert out.with_format("hf_dtype")["input_ids"][0].tolist() == view["input_ids"][0]
 
 
+def test_compact_of_a_view_infers_from_the_rows_it_stores():
+    """select([2, 0, 1]) of [1, 2, 3, 70000] stores 3, 1, 2: uint8, not the uint32 that 70000 beneath the view needs."""
+    ds = datasets.Dataset.from_dict({"x": [1, 2, 3, 70000], "ids": [[1], [2, 3], [4], [70000]]})
+    out = hd.compact(ds.select([2, 0, 1]))
+    assert out.features["x"].dtype == "uint8" and out.features["ids"].feature.dtype == "uint8"
+    assert out["x"] == [3, 1, 2] and out["ids"] == [[4], [1], [2, 3]]
+    evens = hd.compact(datasets.DatasetDict({"train": ds.filter(lambda row: row["x"] % 2 == 1), "test": ds.select([1])}))
+    assert hd.plan_of(evens)["x"].storage == "uint8" and evens["train"]["x"] == [1, 3]
+
+
 def test_empty_dataset_compacts(tokenized):
     out = hd.compact(tokenized.select([]))
     assert len(out) == 0 and hd.plan_of(out) is not None
@@ -249,7 +259,7 @@ def test_class_label_names_survive_compact_and_saving(operation, tmp_path):
     assert small.data.schema.field("label").type == pa.int8()
     out = ROUND_TRIPS[operation](small, tmp_path)
     assert hd.plan_of(out)["label"].names == ("neg", "pos")
-    back = hd.compact(out, hd.plan_of(out).update({"label": {"storage": "int64", "names": ["neg", "pos"]}}))
+    back = hd.compact(out, hd.plan_of(out) | {"label": {"storage": "int64", "names": ["neg", "pos"]}})
     assert back.features["label"] == datasets.ClassLabel(names=["neg", "pos"], id=back.features["label"].id)  # a ClassLabel again
 
 
