@@ -7,6 +7,13 @@ PATH / IN is a folder written by ``save_to_disk`` (a Dataset or a DatasetDict) o
 JSON Lines, JSON or CSV file. ``OUT`` appears whole or not at all, and ``IN`` is never modified:
 ``OUT`` is staged in ``.OUT.PID.partial`` beside it (``datasets``' temporary files included) and
 renamed into place; a later run removes the staging folders of runs that were killed.
+
+Before anything is read or written, ``compact`` refuses an ``OUT`` that is ``IN``, lies inside it or
+contains it (symlinks followed, and as written), or contains the working folder; an existing ``OUT``
+that holds anything ``save_to_disk`` did not write (a file, a folder of other files); an existing
+``OUT`` without ``--overwrite``; and a place it cannot write. ``--overwrite`` replaces only an empty
+folder or one that ``save_to_disk`` wrote; there is no way to make it delete anything else. Every
+refusal and every ``OSError`` is one line on stderr and exit status 2, with nothing left behind.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,9 +34,9 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 
 from .dtypes import DTYPE_NAMES, LossyCastError
-from .infer import ColumnStats, infer_plan, table_stats
+from .infer import ColumnStats, dataset_stats, infer_plan
 from .plan import ColumnDtype, DtypePlan
-from .staging import publish, remove_stale_staging, staged
+from .staging import check_writable, foreign_entries, publish, remove_stale_staging, staged
 from .storage import compact
 
 __all__ = ["main"]
@@ -58,8 +66,24 @@ def _holds_no_rows(location: Path) -> bool:
     return len(lines) < (2 if suffix == ".csv" else 1)
 
 
+def _os_reason(error: OSError) -> str:
+    """An ``OSError`` in one line: the system's reason and the path(s) it names."""
+    if not error.strerror:
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return f"{error.strerror}: {' -> '.join(paths)}" if paths else error.strerror
+
+
 def load(path: str) -> Dataset | DatasetDict:
-    """Load a ``save_to_disk`` folder or a Parquet / JSON / CSV file."""
+    """Load a ``save_to_disk`` folder or a Parquet / JSON / CSV file; one that cannot be read is a one-line error."""
+    try:
+        return _load(path)
+    except OSError as error:
+        raise CliError(f"{path}: cannot read it ({_os_reason(error)}); expected a file or folder this user can read.") from None
+
+
+def _load(path: str) -> Dataset | DatasetDict:
     location = Path(path)
     if not location.exists():
         raise CliError(f"{path}: no such file or folder; expected a save_to_disk folder or a .parquet/.jsonl/.json/.csv file.")
@@ -107,11 +131,11 @@ def inspect_report(dataset: Dataset | DatasetDict) -> dict:
     plan = infer_plan(dataset)
     columns: dict[str, dict] = {}
     for part in splits.values():
-        stats = table_stats(part.data.table, part.features)
+        stats = dataset_stats(part)  # the rows the dataset shows
         for name in part.column_names:
             row = columns.setdefault(name, {"column": name, "dtype": str(part.features[name]), "bytes": 0, "proposed_bytes": 0,
                                             "min": None, "max": None})
-            nbytes = part.data.column(name).nbytes
+            nbytes = stats[name].nbytes if name in stats else part.data.column(name).nbytes
             row["bytes"] += nbytes
             if name not in stats:
                 row["proposed_bytes"] += nbytes
@@ -184,7 +208,7 @@ def build_plan(dataset: Dataset | DatasetDict, plan_option: str, column_options:
             plan = DtypePlan.from_json(Path(plan_option))
         except (OSError, ValueError, TypeError) as error:
             raise CliError(f"--plan {plan_option}: {error}") from None
-    return plan.update(dict(parse_column_option(option, plan) for option in column_options))
+    return plan | dict(parse_column_option(option, plan) for option in column_options)
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -195,20 +219,81 @@ def _inspect(args: argparse.Namespace) -> None:
         _print_report(report)
 
 
+def _within(folder: Path, path: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _as_written(path: Path) -> Path:
+    """``path`` made absolute without following symlinks."""
+    return Path(os.path.abspath(path))
+
+
+def _check_apart(given_in: str, given_out: str) -> None:
+    """Refuse an OUT whose writing or replacing would touch IN or pull the working folder away.
+
+    Checked with symlinks followed, then as written (an IN reached through a symlink inside OUT is deleted with OUT).
+    """
+    expected = "expected an OUT folder outside IN that does not contain it (IN is never modified)"
+    for absolute in (Path.resolve, _as_written):
+        source, out, here = absolute(Path(given_in)), absolute(Path(given_out)), absolute(Path.cwd())
+        if out == source:
+            raise CliError(f"OUT {given_out} is IN {given_in}; {expected}.")
+        if _within(source, out):
+            raise CliError(f"OUT {given_out} lies inside IN {given_in}; {expected}.")
+        if _within(out, source):
+            raise CliError(f"OUT {given_out} contains IN {given_in}, which replacing OUT would delete; {expected}.")
+        if _within(out, here):
+            raise CliError(f"OUT {given_out} is or contains the working folder {here}; expected an OUT folder that does not "
+                           f"contain it, e.g. {Path(given_in).stem or 'dataset'}-compact.")
+
+
+def _check_replaceable(given_out: str, out: Path, overwrite: bool) -> None:
+    """Refuse an existing OUT that holds anything save_to_disk did not write (whatever the flags), or any without --overwrite."""
+    if not os.path.lexists(out):
+        return
+    foreign = foreign_entries(out)
+    remedy = "--overwrite replaces only a folder that save_to_disk wrote, or an empty one: pick another OUT or remove it by hand"
+    if foreign == [""]:
+        raise CliError(f"OUT {given_out} is a file, not a dataset folder; {remedy}.")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise CliError(f"OUT {given_out} holds what save_to_disk did not write, which replacing it would delete: {shown}; {remedy}.")
+    if not overwrite:
+        raise CliError(f"{given_out} exists; pass --overwrite to replace it.")
+
+
+def _write_error(given_out: str, error: OSError) -> CliError:
+    return CliError(f"cannot write OUT {given_out} ({_os_reason(error)}); expected a place this user can write, with room "
+                    "for the dataset. Nothing was written.")
+
+
+def _check_writable(given_out: str, out: Path) -> None:
+    """Refuse, before the work, an OUT under a file or in a place that cannot be written."""
+    existing = next(folder for folder in out.parents if os.path.lexists(folder))
+    if not existing.is_dir():
+        raise CliError(f"cannot write OUT {given_out}: {existing} is a file, not a folder; expected OUT in a folder.")
+    try:
+        check_writable(out)
+    except OSError as error:
+        raise _write_error(given_out, error) from None
+
+
 def _compact(args: argparse.Namespace) -> None:
-    source, out = Path(args.input).resolve(), Path(args.output).resolve()
-    if out == source or source in out.parents:
-        raise CliError(f"OUT {args.output} must lie outside IN {args.input}: IN is never modified.")
+    _check_apart(args.input, args.output)
+    out = Path(args.output).resolve()
     remove_stale_staging(out)
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{args.output} exists; pass --overwrite to replace it.")
+    _check_replaceable(args.output, out, args.overwrite)
+    _check_writable(args.output, out)
     dataset = load(args.input)
     plan = build_plan(dataset, args.plan, args.column)
-    with staged(out) as written:
-        compacted = compact(dataset, plan, exact=args.exact, num_proc=args.num_proc)
-        compacted.save_to_disk(str(written))
-        after = sum(part.data.nbytes for part in _splits(compacted).values())
-        publish(written, out)
+    try:
+        with staged(out) as written:
+            compacted = compact(dataset, plan, exact=args.exact, num_proc=args.num_proc)
+            compacted.save_to_disk(str(written))
+            after = sum(part.data.nbytes for part in _splits(compacted).values())
+            publish(written, out)
+    except OSError as error:
+        raise _write_error(args.output, error) from None
     before = sum(part.data.nbytes for part in _splits(dataset).values())
     print(plan)
     print(f"wrote {args.output}: {_format_bytes(after)} of Arrow data, {after / before if before else 1:.2f}x of {_format_bytes(before)}")
@@ -231,7 +316,11 @@ not fit is an error naming its column and row), with the plan recorded in the fe
   IN   a save_to_disk folder (a Dataset or a DatasetDict) or a .parquet, .jsonl, .json or .csv
        file; it is never modified.
   OUT  a save_to_disk folder, written whole or not at all: it is staged in .OUT.PID.partial
-       beside OUT and renamed into place; an existing OUT is only replaced with --overwrite.
+       beside OUT and renamed into place. It must not be IN, lie inside IN, or contain IN
+       or the working folder.
+       An existing OUT is replaced only with --overwrite, and only if it is empty or holds
+       what save_to_disk wrote (a Dataset or DatasetDict folder); one that holds anything
+       else is refused, listing what would be deleted: pick another OUT or remove it by hand.
 
 example:
   hf-dtype compact tokenized tokenized-small --column labels=int8:int64
@@ -265,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"Dtypes: {', '.join(DTYPE_NAMES)}")
     compact_parser.add_argument("--exact", action="store_true", help="require float narrowing to be exact (default: only no overflow)")
     compact_parser.add_argument("--num_proc", type=int, default=None, help="processes for the casting map (default: one)")
-    compact_parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
+    compact_parser.add_argument("--overwrite", action="store_true",
+                                help="replace an existing OUT that is empty or that save_to_disk wrote; an OUT that holds "
+                                     "anything else is always refused (default: refuse any existing OUT)")
     compact_parser.set_defaults(run=_compact)
     return parser
 
@@ -287,8 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _no_progress_bars():
             args.run(args)
-    except (CliError, LossyCastError, ValueError) as error:
-        print(f"hf-dtype {args.command}: error: {error}", file=sys.stderr)
+    except (CliError, LossyCastError, ValueError, OSError) as error:
+        message = _os_reason(error) if isinstance(error, OSError) else error
+        print(f"hf-dtype {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

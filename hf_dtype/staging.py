@@ -3,11 +3,14 @@
 ``staged(OUT)`` gives a path in ``.OUT.PID.partial`` beside ``OUT`` for ``save_to_disk`` (with
 ``datasets``' temporary cache files inside it too), ``publish`` renames the result into place, and
 ``remove_stale_staging`` removes what a killed run left (putting back an ``OUT`` it was replacing).
+``foreign_entries`` says what an existing ``OUT`` holds that ``save_to_disk`` did not write (only an
+``OUT`` without any may be replaced), and ``check_writable`` fails early where ``OUT`` cannot be written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -18,9 +21,14 @@ from pathlib import Path
 import datasets
 import datasets.fingerprint
 
-__all__ = ["publish", "remove_stale_staging", "staged"]
+__all__ = ["check_writable", "foreign_entries", "publish", "remove_stale_staging", "staged"]
 
 _STAGING_KINDS = ("partial", "old")
+# What Dataset.save_to_disk writes (shards, state, info), and the cache files that map / filter write beside a loaded
+# dataset (cleanup_cache_files removes those by the same name pattern)
+_DATASET_MARKERS = ("dataset_info.json", "state.json")
+_DATASET_FILE = re.compile(r"data-[0-9]{5,}-of-[0-9]{5,}\.arrow|cache-.+\.arrow")
+_DATASET_DICT_MARKER = "dataset_dict.json"
 
 
 def _staging_folder(out: Path, kind: str, pid: int | None = None) -> Path:
@@ -68,6 +76,90 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return [entry for entry, _ in stale]
 
 
+def _dataset_dict_splits(folder: Path) -> list[str]:
+    """The split names that ``folder/dataset_dict.json`` lists; none if it is not the ``{"splits": [...]}`` save_to_disk writes."""
+    try:
+        splits = json.loads((folder / _DATASET_DICT_MARKER).read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    return [split for split in splits if isinstance(split, str)] if isinstance(splits, list) else []
+
+
+def _foreign_in_dataset(folder: Path) -> list[str]:
+    """The entries of a ``Dataset.save_to_disk`` folder that it did not write; all of them if it lacks its state or info."""
+    entries = sorted(folder.iterdir())
+    if not all((folder / marker).is_file() and not (folder / marker).is_symlink() for marker in _DATASET_MARKERS):
+        return [_entry_name(entry) for entry in entries]
+    return [_entry_name(entry) for entry in entries if entry.name not in _DATASET_MARKERS
+            and not (_DATASET_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink())]
+
+
+def _entry_name(entry: Path) -> str:
+    return entry.name + "/" if entry.is_dir() and not entry.is_symlink() else entry.name
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """What replacing ``out`` would delete that ``save_to_disk`` did not write there, as paths relative to ``out``.
+
+    None for an empty folder, a ``Dataset`` folder (its shards, ``state.json``, ``dataset_info.json`` and ``datasets``'
+    ``cache-*.arrow``) or a ``DatasetDict`` folder (``dataset_dict.json`` and one such folder per split it lists);
+    ``[""]`` when ``out`` is not a folder. Anything else is the caller's, and is not for ``--overwrite`` to delete.
+    """
+    if not out.is_dir() or out.is_symlink():
+        return [""]
+    if not (out / _DATASET_DICT_MARKER).is_file():
+        entries = sorted(out.iterdir())
+        return [] if not entries else _foreign_in_dataset(out)
+    splits = _dataset_dict_splits(out)
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name == _DATASET_DICT_MARKER and not entry.is_symlink():
+            continue
+        if entry.name in splits and entry.is_dir() and not entry.is_symlink():
+            foreign += [f"{entry.name}/{name}" for name in _foreign_in_dataset(entry)]
+        else:
+            foreign.append(_entry_name(entry))
+    return foreign
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first: what ``mkdir(parents=True)`` would make."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run made, deepest first, each only if it is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def _staging_folder_made(out: Path) -> Iterator[Path]:
+    """A fresh ``.OUT.PID.partial`` beside ``out`` (its parents made as needed), removed on exit with the parents it made
+    if no ``out`` came of it."""
+    made = _missing_folders(out.parent)
+    staging = _staging_folder(out, "partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError:
+        _remove_empty(made)
+        raise
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not os.path.lexists(out):
+            _remove_empty(made)
+
+
 @contextlib.contextmanager
 def _temporary_files_in(folder: Path) -> Iterator[None]:
     """Disable ``datasets``' caching, with its temporary cache files (``hf_datasets-*``) and ``tempfile``'s in ``folder``.
@@ -101,16 +193,17 @@ def _temporary_files_in(folder: Path) -> Iterator[None]:
 def staged(out: Path) -> Iterator[Path]:
     """A path to ``save_to_disk`` into, in a fresh ``.OUT.PID.partial`` folder removed on exit whatever happens.
 
-    ``datasets``' temporary files go into the staging folder too, so a killed run leaves nothing elsewhere.
+    ``datasets``' temporary files go into the staging folder too, so a killed run leaves nothing elsewhere; the
+    parent folders made for ``out`` are removed too when no ``out`` came of it (an error, a read-only place).
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_folder(out, "partial")
-    staging.mkdir()
-    try:
-        with _temporary_files_in(staging / "tmp"):
-            yield staging / out.name  # save_to_disk makes it, with the mode it gives any new folder
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _staging_folder_made(out) as staging, _temporary_files_in(staging / "tmp"):
+        yield staging / out.name  # save_to_disk makes it, with the mode it gives any new folder
+
+
+def check_writable(out: Path) -> None:
+    """Make and remove ``out``'s staging folder: a place that cannot be written fails now, before the work, not after."""
+    with _staging_folder_made(out):
+        pass
 
 
 def publish(written: Path, out: Path) -> None:

@@ -32,6 +32,32 @@ def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _snapshot(root):
+    """Every path under ``root`` (links not followed) with what it holds: equal snapshots mean nothing was touched."""
+    snapshot = {}
+    for folder, names, files in os.walk(root):
+        for name in [*names, *files]:
+            path = Path(folder, name)
+            if path.is_symlink():
+                snapshot[str(path.relative_to(root))] = f"link to {os.readlink(path)}"
+            elif path.is_dir():
+                snapshot[str(path.relative_to(root))] = "folder"
+            else:
+                snapshot[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return snapshot
+
+
+def _one_line(capsys):
+    """The error a command printed: one line on stderr, no traceback."""
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err and captured.out == "", captured.err
+    return captured.err
+
+
+_APART = "expected an OUT folder outside IN that does not contain it (IN is never modified)"
+_REMEDY = "--overwrite replaces only a folder that save_to_disk wrote, or an empty one: pick another OUT or remove it by hand."
+
+
 def _dead_pid():
     """The pid of a process that has exited (and been reaped)."""
     process = subprocess.Popen([sys.executable, "-c", ""])
@@ -89,16 +115,17 @@ def test_compact_with_a_plan_file_and_a_datasetdict(tokenized, tmp_path):
     assert hd.plan_of(loaded).to_dict() == {"input_ids": {"storage": "uint32", "pad": 0}}
 
 
-def test_existing_output_needs_overwrite(saved, tmp_path, capsys):
+def test_existing_output_needs_overwrite(tokenized, saved, tmp_path, capsys):
     out = tmp_path / "small"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    tokenized.save_to_disk(str(out))
+    before, source = _snapshot(out), _snapshot(saved)
     assert main(["compact", str(saved), str(out)]) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "mine"
+    assert capsys.readouterr().err == f"hf-dtype compact: error: {out} exists; pass --overwrite to replace it.\n"
+    assert _snapshot(out) == before
     assert main(["compact", str(saved), str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and hd.plan_of(datasets.load_from_disk(str(out))) is not None
+    assert hd.plan_of(datasets.load_from_disk(str(out))) is not None and _snapshot(out) != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "tokenized"]
+    assert _snapshot(saved) == source
 
 
 def test_a_failed_cast_leaves_no_output(saved, tmp_path, capsys):
@@ -139,10 +166,262 @@ def test_missing_and_corrupted_inputs(tmp_path, capsys):
     assert "unknown file type '.txt'" in capsys.readouterr().err
 
 
-def test_output_inside_input_is_refused(saved, capsys):
+def test_output_inside_input_is_refused(saved, tmp_path, capsys):
+    before = _snapshot(tmp_path)
     assert main(["compact", str(saved), str(saved / "sub")]) == 2
-    assert "must lie outside IN" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"hf-dtype compact: error: OUT {saved / 'sub'} lies inside IN {saved}; {_APART}.\n")
+    assert _snapshot(tmp_path) == before
 
+
+
+@pytest.fixture()
+def data_folder(tokenized, tmp_path, monkeypatch):
+    """``tmp_path/data`` holding IN (``tok``), another dataset and a file of the user's; the working folder is ``tmp_path``."""
+    tokenized.save_to_disk(str(tmp_path / "data" / "tok"))
+    tokenized.select([0]).save_to_disk(str(tmp_path / "data" / "other"))
+    (tmp_path / "data" / "notes.txt").write_text("the user's")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("cwd", "source", "out"),
+    [("", "data/tok", "data"), ("", "data/tok", "."), ("data", "tok", ".."), ("data", "tok", "."), ("", "data/tok", "/"),
+     ("", "data/tok", "data/../data/")],
+)
+def test_out_that_contains_in_is_refused(data_folder, capsys, cwd, source, out):
+    before = _snapshot(data_folder.parent)
+    os.chdir(data_folder.parent / cwd)
+    assert main(["compact", source, out, "--overwrite"]) == 2
+    assert _one_line(capsys) == f"hf-dtype compact: error: OUT {out} contains IN {source}, which replacing OUT would delete; {_APART}.\n"
+    assert _snapshot(data_folder.parent) == before
+
+
+@pytest.mark.parametrize("out", ["data/tok", "data/tok/", "./data/other/../tok", "{tmp}/data/tok", "link"])
+def test_out_that_is_in_is_refused(data_folder, capsys, out):
+    (data_folder.parent / "link").symlink_to(data_folder / "tok")
+    out = out.format(tmp=data_folder.parent)
+    before = _snapshot(data_folder.parent)
+    assert main(["compact", "data/tok", out, "--overwrite"]) == 2
+    assert _one_line(capsys) == f"hf-dtype compact: error: OUT {out} is IN data/tok; {_APART}.\n"
+    assert _snapshot(data_folder.parent) == before
+
+
+def test_symlinks_are_followed_both_ways(data_folder, capsys):
+    (data_folder.parent / "to-data").symlink_to(data_folder)
+    before = _snapshot(data_folder.parent)
+    assert main(["compact", "data/tok", "to-data", "--overwrite"]) == 2
+    assert "error: OUT to-data contains IN data/tok, which replacing OUT would delete" in _one_line(capsys)
+    assert main(["compact", "data/tok", "to-data/tok/small"]) == 2
+    assert "error: OUT to-data/tok/small lies inside IN data/tok" in _one_line(capsys)
+    # IN reached through a link inside OUT: replacing OUT would delete the link IN is named by
+    (data_folder.parent / "links").mkdir()
+    (data_folder.parent / "links" / "tok").symlink_to(data_folder / "tok")
+    before = _snapshot(data_folder.parent)
+    assert main(["compact", "links/tok", "links", "--overwrite"]) == 2
+    assert "error: OUT links contains IN links/tok, which replacing OUT would delete" in _one_line(capsys)
+    assert _snapshot(data_folder.parent) == before
+
+
+def test_out_that_is_the_working_folder_is_refused(tokenized, data_folder, capsys):
+    work = data_folder.parent / "work"
+    tokenized.save_to_disk(str(work))  # a dataset folder, which --overwrite would otherwise replace
+    os.chdir(work)
+    before = _snapshot(data_folder.parent)
+    assert main(["compact", "../data/tok", ".", "--overwrite"]) == 2
+    assert _one_line(capsys) == (f"hf-dtype compact: error: OUT . is or contains the working folder {work}; expected an OUT folder "
+                                 "that does not contain it, e.g. tok-compact.\n")
+    assert _snapshot(data_folder.parent) == before
+
+
+def _a_dataset_and(*names):
+    def make(out, dataset):
+        dataset.save_to_disk(str(out))
+        for name in names:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(f"the user's {name}")
+    return make
+
+
+def _a_dataset_dict_and(*names):
+    def make(out, dataset):
+        datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(str(out))
+        for name in names:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(f"the user's {name}")
+    return make
+
+
+def _files(*names):
+    def make(out, dataset):
+        for name in names:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(f"the user's {name}")
+    return make
+
+
+@pytest.mark.parametrize(
+    ("make", "listed"),
+    [
+        (_files("notes.txt", "src/main.py"), "notes.txt, src/"),
+        (_files(*"abcdefg"), "a, b, c, d, e and 2 more"),
+        (_files("state.json"), "state.json"),  # not a dataset without its dataset_info.json
+        (_files("state.json", "dataset_info.json", "model.safetensors"), "model.safetensors"),
+        (_a_dataset_and("README.md"), "README.md"),
+        (_a_dataset_and(".git/HEAD"), ".git/"),
+        (_a_dataset_and("data-00000-of-00001.arrow.bak"), "data-00000-of-00001.arrow.bak"),
+        (_a_dataset_dict_and("train/notes.txt"), "train/notes.txt"),
+        (_a_dataset_dict_and("validation/state.json", "validation/dataset_info.json"), "validation/"),  # not a listed split
+        (_a_dataset_dict_and("run.log"), "run.log"),
+    ],
+)
+def test_out_holding_what_save_to_disk_did_not_write_is_refused(tokenized, saved, tmp_path, capsys, make, listed):
+    out = tmp_path / "out"
+    out.mkdir()
+    make(out, tokenized.select([0, 1]))
+    before = _snapshot(tmp_path)
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["compact", str(saved), str(out), *overwrite]) == 2
+        assert _one_line(capsys) == (f"hf-dtype compact: error: OUT {out} holds what save_to_disk did not write, which replacing "
+                                     f"it would delete: {listed}; {_REMEDY}\n")
+        assert _snapshot(tmp_path) == before
+
+
+def test_out_that_is_a_file_is_refused(saved, tmp_path, capsys):
+    (tmp_path / "small").write_bytes(b"the user's")
+    before = _snapshot(tmp_path)
+    assert main(["compact", str(saved), str(tmp_path / "small"), "--overwrite"]) == 2
+    assert _one_line(capsys) == f"hf-dtype compact: error: OUT {tmp_path / 'small'} is a file, not a dataset folder; {_REMEDY}\n"
+    assert _snapshot(tmp_path) == before
+
+
+def _empty(out, dataset):
+    out.mkdir()
+
+
+def _dataset_with_cache_files(out, dataset):
+    dataset.save_to_disk(str(out), num_shards=2)
+    (out / "cache-0123456789abcdef.arrow").write_bytes(b"map's cache")
+    (out / "cache-0123456789abcdef_00000_of_00002.arrow").write_bytes(b"map's cache")
+
+
+@pytest.mark.parametrize("make", [_empty, _a_dataset_and(), _dataset_with_cache_files, _a_dataset_dict_and()])
+def test_overwrite_replaces_an_empty_folder_or_one_save_to_disk_wrote(tokenized, saved, tmp_path, make):
+    out = tmp_path / "out"
+    make(out, tokenized.select([0, 1]))
+    source = _snapshot(saved)
+    assert main(["compact", str(saved), str(out), "--overwrite"]) == 0
+    written = datasets.load_from_disk(str(out))
+    assert len(written) == len(tokenized) and hd.plan_of(written)["input_ids"].storage == "uint16"
+    assert sorted(p.name for p in out.iterdir()) == ["data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tokenized"]
+    assert _snapshot(saved) == source
+
+
+def test_out_under_a_file_is_refused_before_anything_is_written(saved, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("the user's")
+    before = _snapshot(tmp_path)
+    for out in (tmp_path / "notes.txt" / "small", tmp_path / "notes.txt" / "deeper" / "small"):
+        assert main(["compact", str(saved), str(out)]) == 2
+        assert _one_line(capsys) == (f"hf-dtype compact: error: cannot write OUT {out}: {tmp_path / 'notes.txt'} is a file, "
+                                     "not a folder; expected OUT in a folder.\n")
+        assert _snapshot(tmp_path) == before
+
+
+def _read_only(monkeypatch, folder):
+    """``mkdir`` in ``folder`` fails as in a read-only folder (chmod does not stop root, who runs the tests here)."""
+    mkdir = Path.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if path.parent == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+
+
+@pytest.mark.parametrize("name", ["small", "new/deeper/small"])
+def test_a_read_only_place_is_one_line_and_nothing_is_written(saved, tmp_path, monkeypatch, capsys, name):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    before = _snapshot(tmp_path)
+    _read_only(monkeypatch, read_only)
+    out = read_only / name
+    assert main(["compact", str(saved), str(out)]) == 2
+    refused = read_only / (f".small.{os.getpid()}.partial" if name == "small" else "new")
+    assert _one_line(capsys) == (f"hf-dtype compact: error: cannot write OUT {out} (Permission denied: {refused}); expected a "
+                                 "place this user can write, with room for the dataset. Nothing was written.\n")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="chmod does not stop root from writing")
+def test_a_read_only_folder_is_one_line_and_nothing_is_written(saved, tmp_path, capsys):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    before = _snapshot(tmp_path)
+    read_only.chmod(0o555)
+    try:
+        assert main(["compact", str(saved), str(read_only / "small")]) == 2
+        assert "Permission denied" in _one_line(capsys)
+    finally:
+        read_only.chmod(0o755)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_full_disk_while_saving_keeps_the_old_out(tokenized, saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "small"
+    tokenized.select([0]).save_to_disk(str(out))
+    before = _snapshot(tmp_path)
+    save_to_disk = datasets.Dataset.save_to_disk
+
+    def disk_full(self, path, **kwargs):
+        save_to_disk(self, path, **kwargs)  # written, then the last write fails
+        raise OSError(28, "No space left on device", str(Path(path) / "state.json"))
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", disk_full)
+    assert main(["compact", str(saved), str(out), "--overwrite"]) == 2
+    written = tmp_path / f".small.{os.getpid()}.partial" / "small" / "state.json"
+    assert _one_line(capsys) == (f"hf-dtype compact: error: cannot write OUT {out} (No space left on device: {written}); expected "
+                                 "a place this user can write, with room for the dataset. Nothing was written.\n")
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_failed_rename_into_place_keeps_the_old_out(tokenized, saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "small"
+    tokenized.select([0]).save_to_disk(str(out))
+    before = _snapshot(tmp_path)
+    replace = os.replace
+
+    def refuse(source, destination):
+        if Path(destination) == out and Path(source).name == "small":  # the new OUT, not the old one put back
+            raise PermissionError(13, "Permission denied", str(source), None, str(destination))
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    assert main(["compact", str(saved), str(out), "--overwrite"]) == 2
+    assert "(Permission denied: " in _one_line(capsys)
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_unreadable_input_is_one_line(tokenized, tmp_path, monkeypatch, capsys):
+    source = tmp_path / "rows.jsonl"
+    tokenized.to_json(source)
+    before = _snapshot(tmp_path)
+    path_open = Path.open
+
+    def refuse(path, *args, **kwargs):
+        if path == source:
+            raise PermissionError(13, "Permission denied", str(path))
+        return path_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    message = f"error: {source}: cannot read it (Permission denied: {source}); expected a file or folder this user can read.\n"
+    assert main(["inspect", str(source)]) == 2
+    assert _one_line(capsys) == f"hf-dtype inspect: {message}"
+    assert main(["compact", str(source), str(tmp_path / "small")]) == 2
+    assert _one_line(capsys) == f"hf-dtype compact: {message}"
+    monkeypatch.undo()
+    assert _snapshot(tmp_path) == before
 
 def test_console_script_is_installed():
     import shutil
@@ -329,4 +608,10 @@ def test_help_says_what_each_command_does_and_takes(capsys):
             "it is never modified.") in text
     assert "OUT a save_to_disk folder, written whole or not at all" in text
     assert f"repeatable. Dtypes: {', '.join(DTYPE_NAMES)} --exact" in text
-    assert "a plan JSON file (default: auto)" in text and "(default: one)" in text and "(default: refuse)" in text
+    assert "a plan JSON file (default: auto)" in text and "(default: one)" in text
+    assert "It must not be IN, lie inside IN, or contain IN or the working folder." in text
+    assert ("An existing OUT is replaced only with --overwrite, and only if it is empty or holds what save_to_disk wrote "
+            "(a Dataset or DatasetDict folder); one that holds anything else is refused, listing what would be deleted: "
+            "pick another OUT or remove it by hand.") in text
+    assert ("--overwrite replace an existing OUT that is empty or that save_to_disk wrote; an OUT that holds anything else "
+            "is always refused (default: refuse any existing OUT)") in text
