@@ -23,12 +23,39 @@ from .dtypes import dtype_name, float32_to_bfloat16_bits, integer_range
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
 
 __all__ = [
-    "PADDING_SIDES", "WIDEN_MODES", "PadOptions", "RowNames", "Rows", "Spec", "assemble", "column_spec", "length_mask", "pad_rows",
-    "served",
+    "PADDING_SIDES", "WIDEN_MODES", "Batch", "PadOptions", "RowNames", "Rows", "Spec", "assemble", "column_spec", "length_mask",
+    "pad_rows", "served",
 ]
 
 PADDING_SIDES = ("right", "left")
 WIDEN_MODES = ("device", "cpu")
+
+
+class Batch(dict):
+    """A batch: a dict of tensors that knows its plan, so ``batch.to(device)`` moves it and widens it there.
+
+    ``to`` changes the batch in place and returns it, as ``transformers``' ``BatchEncoding.to`` does
+    (``accelerate``'s ``complete_nlp_example`` calls ``batch.to(device)`` without using the result),
+    and ``accelerate``'s device placement calls it too: the storage bytes cross to the device, and
+    the model gets its compute dtypes there.
+    """
+
+    def __init__(self, *args: Any, plan: DtypePlan | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+
+    def to(self, device: Any, non_blocking: bool = False) -> Batch:
+        """Move every tensor to ``device`` and widen the planned ones to their compute dtypes there."""
+        moved = {name: value.to(device, non_blocking=non_blocking) if torch.is_tensor(value) else value for name, value in self.items()}
+        self.update(moved if self.plan is None else self.plan.widen(moved, non_blocking=non_blocking))
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_batch, (dict(self), self.plan))
+
+
+def _rebuild_batch(items: dict[str, Any], plan: DtypePlan | None) -> Batch:
+    return Batch(items, plan=plan)
 
 
 def _positive_or_none(name: str, value: int | None) -> None:
@@ -42,7 +69,9 @@ class PadOptions:
 
     Args:
         pad_to_multiple_of: round the padded width up to a multiple of this (8 for tensor cores).
-        max_length: keep at most the first ``max_length`` values of each row.
+        max_length: pad every batch to this width (rounded up to ``pad_to_multiple_of``), as the
+            ``transformers`` collators do with ``padding="max_length"``; a longer row is an error
+            (truncate when tokenizing: ``tokenizer(..., truncation=True, max_length=...)``).
         padding_side: ``"right"`` (pad after the values) or ``"left"`` (pad before them).
         widen: ``"device"`` keeps the storage dtypes (widen after the transfer with ``plan.widen``),
             ``"cpu"`` serves the compute dtypes.
@@ -65,6 +94,8 @@ class PadOptions:
     def width(self, lengths: np.ndarray) -> int:
         """The padded width of rows of ``lengths``: the longest, rounded up to ``pad_to_multiple_of``."""
         width = int(lengths.max()) if len(lengths) else 0
+        if self.max_length is not None:
+            width = self.max_length
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         return width
@@ -205,7 +236,13 @@ def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str],
         if column.starts is None:
             out[name] = served(column.values, spec, options.widen, name, rows)
             continue
-        lengths = column.lengths if options.max_length is None else np.minimum(column.lengths, options.max_length)
+        lengths = column.lengths
+        if options.max_length is not None and len(lengths) and lengths.max() > options.max_length:
+            longest = int(lengths.argmax())
+            raise ValueError(f"Row {rows[longest]} has {int(lengths[longest])} values in {name!r}, more than max_length="
+                             f"{options.max_length}: max_length pads every batch to that width and truncates nothing (as the "
+                             "transformers collators' padding='max_length'); truncate when tokenizing "
+                             "(tokenizer(..., truncation=True, max_length=...)) or raise max_length.")
         for shape in shapes:
             if shape[0] is lengths or (shape[0] == lengths).all():
                 break

@@ -12,6 +12,7 @@ workers as they are.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -27,18 +28,27 @@ from .plan import ColumnDtype, DtypePlan
 
 __all__ = ["BatchFetcher", "BlockFetcher", "Blocks", "Flat", "Padded", "batch_plan"]
 
+logger = logging.getLogger(__name__)
+
 
 def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
     """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
 
-    By default every planned column that the dataset (of ``schema``) holds, and every derived column
-    whose source it holds, is batched; columns outside the plan are left out.
+    By default every column of numbers or lists of numbers that the dataset (of ``schema``) holds,
+    planned or not (a plan that names some columns does not drop the others: the model still gets its
+    ``attention_mask``), and every derived column whose source it holds; other columns (text,
+    lists of lists) are left out, which the log says.
     """
     depth = {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
     plan = plan.resolve([name for name, d in depth.items() if d == 1])
     derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
     if columns is None:
         chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
+        chosen += [name for name in schema.names if name not in plan and depth.get(name) in (0, 1)]
+        left_out = [name for name in schema.names if name not in chosen]
+        if left_out:
+            logger.info("Columns %s are not batched: only numbers and lists of numbers are (name the columns with columns=).",
+                        left_out)
     else:
         chosen = [columns] if isinstance(columns, str) else list(columns)
         unknown = [name for name in chosen if name not in schema.names and name not in derived]
@@ -99,6 +109,7 @@ class Blocks:
     separator: int | None
     widen: str
     document_positions: bool
+    group_rows: int | None = None
 
     def cut(self, index: BlockIndex, blocks: np.ndarray, columns: dict[str, Rows]) -> dict[str, torch.Tensor]:
         return cut_blocks(index, blocks, columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
@@ -233,7 +244,7 @@ class BlockFetcher:
             if layout.labels is not None and not np.array_equal(columns[layout.labels].lengths, lengths):
                 raise ValueError(f"Column {layout.labels!r} has rows of other lengths than {layout.token!r}; blocks need one label "
                                  "per token.")
-            self._rows = BlockIndex(lengths.astype(np.int64), layout.block_size, layout.separator), columns
+            self._rows = BlockIndex(lengths.astype(np.int64), layout.block_size, layout.separator, layout.group_rows), columns
         return self._rows
 
     def __len__(self) -> int:

@@ -1,17 +1,21 @@
 """``dataloader``: a ``torch.utils.data.DataLoader`` of batches gathered straight from the Arrow buffers.
 
-Its shape is the one ``accelerate`` shards in one process and in many (accelerate issue 2392): a
-``BatchSampler`` (``EpochBatchSampler``) over an ``EpochSampler`` picks the row (or block)
-indices, the fetcher's ``__getitems__`` makes the whole batch from them (``fetch.py``: padded,
-flat or blocks), and the ``collate_fn`` passes it through.
+Its shape is the one ``accelerate`` shards (accelerate issue 2392): a ``BatchSampler``
+(``EpochBatchSampler``) over an ``EpochSampler`` picks the row (or block) indices, the fetcher's
+``__getitems__`` makes the whole batch from them (``fetch.py``: padded, flat or blocks), and the
+``collate_fn`` passes it through.
+
+The loader is prepared for ``accelerate`` by itself, as ``accelerate``'s own ``DataLoaderShard``
+is: each process takes its batches as ``BatchSamplerShard`` deals them (``even_batches``), batches
+move to ``accelerate``'s device and are widened there, ``end_of_dataloader`` / ``remainder`` are kept
+for gradient accumulation and ``gather_for_metrics``, and ``save_state`` / ``load_state`` carry its
+``state_dict`` with no ``register_for_checkpointing`` (it is a stateful loader to them), so a run that
+resumes in ``complete_nlp_example``'s shape sees the rows of the uninterrupted run.
 
 Order: ``shuffle=True`` draws a permutation from a ``torch.Generator`` seeded with ``seed + epoch``,
 so a seed and an epoch give the same order on every process. Each pass advances the epoch by one;
-``set_epoch(n)`` moves it to ``n`` but never back, because ``accelerate``'s prepared loader calls
-``set_epoch`` with its own count of passes, which restarts at 0 in a resumed run. The loader's
-``state_dict`` holds the epoch, so ``accelerator.register_for_checkpointing(loader)`` makes
-``save_state`` / ``load_state`` resume in the same order. Iterating never draws from torch's
-global random generator (the loader has its own), so dropout is the same whether a run was resumed or not.
+``set_epoch(n)`` moves it to ``n`` but never back. Iterating never draws from torch's global random
+generator (the loader has its own), so dropout is the same whether a run was resumed or not.
 """
 
 from __future__ import annotations
@@ -22,18 +26,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from accelerate.data_loader import BatchSamplerShard, DataLoaderStateMixin
+from accelerate.state import GradientState
 from datasets import Dataset, IterableDataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from .arrow import arrow_leaf_dtype, list_depth
-from .batching import PadOptions
+from .batching import WIDEN_MODES, Batch, PadOptions
 from .fetch import BatchFetcher, BlockFetcher, Blocks, Flat, Padded, batch_plan
 from .packing import PACKINGS, check_separator, packed_plan
 from .plan import DtypePlan, as_plan
 from .recording import NO_PLAN, plan_of
-from .streams import StreamBatches, StreamDataLoader, split_stream
+from .streams import StreamBatches, StreamDataLoader, process_rank, split_stream
 
-__all__ = ["ArrowDataLoader", "EpochBatchSampler", "EpochSampler", "dataloader"]
+__all__ = ["ArrowDataLoader", "AsBatch", "EpochBatchSampler", "EpochSampler", "accelerate_device", "dataloader"]
 
 _SET_BY_DATALOADER = ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last", "dataset")
 
@@ -99,15 +105,45 @@ class EpochSampler(Sampler[int]):
 class EpochBatchSampler(BatchSampler):
     """A ``BatchSampler`` over an ``EpochSampler`` that slices the epoch's order into batches (no per-index Python loop).
 
-    It yields what ``BatchSampler(sampler, batch_size, drop_last)`` yields, and is one for
-    ``accelerate``, which shards it with ``BatchSamplerShard`` and reaches ``sampler.set_epoch``.
+    In one process it yields what ``BatchSampler(sampler, batch_size, drop_last)`` yields; with
+    several, each process's share of those batches as ``accelerate``'s ``BatchSamplerShard`` deals
+    them (process ``r`` takes batches ``r, r + n, ...``; the last ones completed from the start of
+    the epoch, so every process takes as many batches of the same size). The processes are looked
+    up when a pass starts, so a loader made before ``Accelerator()`` is sharded too.
     """
 
     sampler: EpochSampler
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def set_epoch(self, epoch: int) -> None:
+        """The sampler's ``set_epoch``, reached by ``Trainer`` through the ``SkipBatchSampler`` of ``skip_first_batches``."""
+        self.sampler.set_epoch(epoch)
+
+    def _all(self) -> Iterator[list[int]]:
         for batch in self.sampler.batches(self.batch_size, self.drop_last):
             yield batch.tolist()
+
+    def _shard(self) -> BatchSampler | None:
+        rank, world = process_rank()
+        return None if world == 1 else BatchSamplerShard(_Batches(self), num_processes=world, process_index=rank)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shard = self._shard()
+        yield from self._all() if shard is None else shard
+
+    def __len__(self) -> int:
+        shard = self._shard()
+        return super().__len__() if shard is None else len(shard)
+
+
+class _Batches(BatchSampler):
+    """Every process's batches of an ``EpochBatchSampler``, for ``BatchSamplerShard`` to deal out."""
+
+    def __init__(self, batches: EpochBatchSampler) -> None:
+        super().__init__(batches.sampler, batches.batch_size, batches.drop_last)
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.batches._all()
 
 
 def _accelerate_loader_over(sampler: EpochSampler) -> Any:
@@ -123,8 +159,59 @@ def _accelerate_loader_over(sampler: EpochSampler) -> Any:
     return None
 
 
-class ArrowDataLoader(DataLoader):
-    """A ``DataLoader`` of batches gathered from Arrow, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves."""
+def accelerate_device() -> torch.device | None:
+    """The device ``accelerate`` set up in this process, or None where it is not set up."""
+    from accelerate.state import PartialState
+
+    return PartialState().device if PartialState._shared_state else None
+
+
+class ArrowDataLoader(DataLoaderStateMixin, DataLoader):
+    """A ``DataLoader`` of batches gathered from Arrow, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves.
+
+    ``accelerator.prepare`` hands it back as it is (it shards itself and moves its batches), and
+    ``save_state`` / ``load_state`` keep its state (the epoch) whether or not it was registered.
+    """
+
+    _is_accelerate_prepared = True
+    use_stateful_dataloader = True
+
+    def __init__(self, *args: Any, widen_on_device: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.widen_on_device = widen_on_device  # batches come in storage dtypes, to be widened after the move
+        self.gradient_state = GradientState()
+
+    @property
+    def _drop_last(self) -> bool:
+        return self.batch_sampler.drop_last
+
+    @property
+    def total_batch_size(self) -> int:
+        """The rows of one step over every process (``accelerate``'s name; ``gather_for_metrics`` counts with it)."""
+        return self.batch_sampler.batch_size * process_rank()[1]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        device = accelerate_device()
+        if device is None:  # no accelerate: batches as the fetcher makes them
+            yield from super().__iter__()
+            return
+        self.begin()
+        batches = super().__iter__()
+        current = next(batches, None)
+        while current is not None:  # one batch ahead, to say end_of_dataloader with the last (as DataLoaderShard does)
+            following = next(batches, None)
+            self.end_of_dataloader = following is None
+            yield self._placed(current, device)
+            current = following
+        self.end()
+
+    def _placed(self, batch: Batch, device: torch.device) -> Batch:
+        if self.widen_on_device:
+            return batch.to(device, non_blocking=self.pin_memory)
+        if device.type == "cpu":
+            return batch
+        batch.update({name: value.to(device, non_blocking=self.pin_memory) for name, value in batch.items() if torch.is_tensor(value)})
+        return batch
 
     def set_epoch(self, epoch: int) -> None:
         """Use the row order of ``epoch`` (the permutation of ``seed + epoch``) for the next pass."""
@@ -136,7 +223,7 @@ class ArrowDataLoader(DataLoader):
         return self.dataset.plan
 
     def state_dict(self) -> dict[str, int]:
-        """The order's state (``EpochSampler.state_dict``): register the loader with ``accelerator.register_for_checkpointing``."""
+        """The order's state (``EpochSampler.state_dict``), which ``accelerator.save_state`` saves."""
         return self.batch_sampler.sampler.state_dict()
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
@@ -163,17 +250,19 @@ def _packed_columns(schema: pa.Schema, columns: Sequence[str] | str | None, pack
 
 def _layout(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, options: PadOptions, packing: str | None,
             block_size: int | None, separator: int | None, document_positions: bool,
-            flash_attn_kwargs: bool) -> tuple[Padded | Flat | Blocks, list[str]]:
+            flash_attn_kwargs: bool, group_rows: int | None = None) -> tuple[Padded | Flat | Blocks, list[str]]:
     """The layout of the batches, its options checked, and the stored columns to read for it."""
     if packing not in (None, *PACKINGS):
         raise ValueError(f"packing must be None (padded rows), 'blocks' or 'flat'; got {packing!r}.")
-    given = {"block_size": block_size is not None, "separator": separator is not None, "document_positions": document_positions}
+    given = {"block_size": block_size is not None, "separator": separator is not None, "document_positions": document_positions,
+             "group_rows": group_rows is not None}
     misplaced = [name for name, used in given.items() if used and packing != "blocks"]
     misplaced += ["flash_attn_kwargs"] if flash_attn_kwargs and packing != "flat" else []
     misplaced += [name for name in ("pad_to_multiple_of", "max_length") if packing and getattr(options, name) is not None]
     if misplaced:
-        raise ValueError(f"{misplaced} do not apply to packing={packing!r}: block_size, separator and document_positions are for "
-                         "'blocks', flash_attn_kwargs for 'flat', pad_to_multiple_of and max_length for padded batches (None).")
+        raise ValueError(f"{misplaced} do not apply to packing={packing!r}: block_size, separator, document_positions and "
+                         "group_rows are for 'blocks', flash_attn_kwargs for 'flat', pad_to_multiple_of and max_length for padded "
+                         "batches (None).")
     if packing is None:
         served_plan, names = batch_plan(schema, plan, columns)
         sources = [served_plan[name].lengths_from for name in names if name not in schema.names]
@@ -184,9 +273,11 @@ def _layout(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | N
     if packing == "flat":
         return Flat(packed_plan(plan, token, labels, positions=None), token, labels, options.widen, bool(flash_attn_kwargs)), read
     _check_int("block_size", block_size, positive=True)
+    if group_rows is not None:
+        _check_int("group_rows", group_rows, positive=True)
     check_separator(separator, plan[token], token)
     return Blocks(packed_plan(plan, token, labels, positions=block_size - 1), token, labels, block_size, separator, options.widen,
-                  bool(document_positions)), read
+                  bool(document_positions), group_rows), read
 
 
 def dataloader(
@@ -195,19 +286,20 @@ def dataloader(
     *,
     shuffle: bool = False,
     drop_last: bool = False,
-    seed: int = 0,
+    seed: int | None = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
     pad_to_multiple_of: int | None = None,
     max_length: int | None = None,
     padding_side: str = "right",
-    widen: str = "device",
+    widen: str = "auto",
     plan: DtypePlan | Mapping | None = None,
     columns: Sequence[str] | str | None = None,
     packing: str | None = None,
     block_size: int | None = None,
     separator: int | None = None,
     document_positions: bool = False,
+    group_rows: int | None = None,
     flash_attn_kwargs: bool = False,
     buffer_size: int = 1000,
     **dataloader_kwargs: Any,
@@ -221,50 +313,70 @@ def dataloader(
         batch_size: rows (blocks, for ``packing="blocks"``) per batch.
         shuffle, drop_last: as in ``DataLoader``; the order is the permutation of ``seed + epoch``
             (a stream: ``datasets``' buffer shuffle of ``buffer_size`` rows, with ``seed``).
-        seed: the seed of the order (the same on every process).
+        seed: the seed of the order (the same on every process); ``None`` draws one from torch's
+            global generator when the loader is made (process 0's, under ``accelerate``), as a
+            ``DataLoader`` without a generator draws its order.
         num_workers, pin_memory: as in ``DataLoader``.
-        pad_to_multiple_of, max_length, padding_side: how padded batches are padded (``packing=None``).
-        widen: ``"device"`` serves the storage dtypes (call ``loader.plan.widen(batch)`` after moving
-            the batch to the device), ``"cpu"`` the compute dtypes.
+        pad_to_multiple_of, max_length, padding_side: how padded batches are padded (``packing=None``):
+            to the longest row rounded up to ``pad_to_multiple_of``, or to ``max_length`` (which
+            truncates nothing: a longer row is an error, as with the collators' ``padding="max_length"``).
+        widen: where storage dtypes become compute dtypes. ``"auto"``: on ``accelerate``'s device
+            when it is a GPU (the storage bytes cross, the loader moves and widens each batch), else on
+            the CPU: batches come out in compute dtypes either way. ``"device"``: batches in storage
+            dtypes, widened by ``batch.to(device)`` or ``loader.plan.widen(batch)``. ``"cpu"``: compute dtypes.
         plan: the dtype plan; ``None`` reads the one ``compact`` recorded in ``dataset``.
-        columns: padded batches: the columns to batch (default: every planned column present or
-            derived). Packed batches: the token column, and the label column of token
+        columns: padded batches: the columns to batch (default: every column of numbers or lists of
+            numbers, planned or not, and the plan's derived columns). Packed batches: the token column, and the label column of token
             classification (default: ``input_ids``, and ``labels`` if the dataset has it).
         packing: ``None`` (padded rows), ``"blocks"`` (``block_size`` tokens of the rows laid end to
             end, as ``run_clm.py``'s ``group_texts``) or ``"flat"`` (each batch as one row, as
             ``DataCollatorWithFlattening``). Packed batches need ``model.config.use_cache = False``.
         block_size, separator, document_positions: for ``"blocks"``: the block length, a token id
             appended after each row, and ``position_ids`` that restart at every row start.
+        group_rows: for ``"blocks"``: cut each run of this many rows on its own, each dropping its
+            remainder: ``group_rows=1000`` gives the very blocks of ``run_clm.py`` (its ``group_texts``
+            runs per ``map`` batch of 1,000 rows); None (default) cuts the whole split as one stream.
         flash_attn_kwargs: for ``"flat"``: add ``cu_seq_lens_q/k`` and ``max_length_q/k``.
         buffer_size: the shuffle buffer of a stream.
         **dataloader_kwargs: passed on to ``DataLoader`` (``multiprocessing_context``,
             ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ``generator``, ...).
 
     Returns:
-        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a dict of tensors (padded: ``(batch, width)`` and
-        ``(batch,)``, with ``label`` / ``label_ids`` renamed ``labels``).
+        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a ``Batch``, a dict of tensors (padded:
+        ``(batch, width)`` and ``(batch,)``, with ``label`` / ``label_ids`` renamed ``labels``) whose ``to(device)`` moves
+        and widens it in place, as ``BatchEncoding.to`` moves.
     """
     if not isinstance(dataset, (Dataset, IterableDataset)):
         raise TypeError(f"dataloader takes a datasets.Dataset or IterableDataset (one split); got {type(dataset).__name__}.")
     _check_int("batch_size", batch_size, positive=True)
+    seed = _drawn_seed() if seed is None else seed
     _check_int("seed", seed, positive=False)
+    if widen not in ("auto", *WIDEN_MODES):
+        raise ValueError(f"widen must be 'auto', 'device' or 'cpu' ('auto': compute dtypes, widened on accelerate's GPU after "
+                         f"the transfer or on the CPU; 'device': storage dtypes, widened by batch.to(device); 'cpu': compute "
+                         f"dtypes); got {widen!r}.")
+    widen_on_device = widen == "auto" and getattr(accelerate_device(), "type", "cpu") != "cpu"
     taken = sorted(set(dataloader_kwargs) & set(_SET_BY_DATALOADER))
     if taken:
         raise TypeError(f"dataloader sets {taken} itself; pass batch_size=, shuffle=, drop_last= as its own arguments.")
-    options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
+    options = PadOptions(pad_to_multiple_of, max_length, padding_side, "device" if widen_on_device or widen == "device" else "cpu")
     plan = as_plan(plan) or plan_of(dataset)
     if plan is None:
         raise ValueError(NO_PLAN.replace(", pass plan= to Dataset.with_format, or apply hd.DtypeTransform(plan): ds.with_transform(...) "
                                          "on a Dataset, stream.map(..., batched=True) on a stream.", " or pass plan=."))
     stream = isinstance(dataset, IterableDataset)
     schema = _stream_schema(dataset) if stream else dataset.data.table.schema
-    layout, read = _layout(schema, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs)
+    layout, read = _layout(schema, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs,
+                           group_rows)
     if stream:
+        if group_rows is not None:
+            raise ValueError("group_rows applies to a Dataset: a stream's blocks are cut as its rows arrive, over the whole stream.")
         if dataloader_kwargs.pop("generator", None) is not None:
             raise TypeError("A stream is shuffled by datasets (seed=, buffer_size=): it takes no generator.")
         stream = split_stream(dataset.shuffle(seed=seed, buffer_size=buffer_size) if shuffle else dataset)
         return StreamDataLoader(StreamBatches(stream, read, layout, batch_size, drop_last, bool(shuffle)), batch_size=None,
-                                collate_fn=_passthrough, num_workers=num_workers, pin_memory=pin_memory, **dataloader_kwargs)
+                                collate_fn=AsBatch(layout.plan), widen_on_device=widen_on_device, num_workers=num_workers,
+                                pin_memory=pin_memory, **dataloader_kwargs)
     if isinstance(layout, Blocks):
         fetcher = BlockFetcher(dataset, layout)
         if fetcher.num_blocks == 0:
@@ -277,9 +389,10 @@ def dataloader(
     return ArrowDataLoader(
         fetcher,
         batch_sampler=EpochBatchSampler(EpochSampler(len(fetcher), shuffle=bool(shuffle), seed=int(seed)), batch_size, drop_last),
-        collate_fn=_passthrough,
+        collate_fn=AsBatch(layout.plan),
         num_workers=num_workers,
         pin_memory=pin_memory,
+        widen_on_device=widen_on_device,
         **dataloader_kwargs,
     )
 
@@ -291,6 +404,19 @@ def _stream_schema(stream: IterableDataset) -> pa.Schema:
     return stream.features.arrow_schema
 
 
-def _passthrough(batch: dict[str, Any]) -> dict[str, Any]:
-    """The ``collate_fn`` of a loader whose dataset already returns whole batches."""
-    return batch
+class AsBatch:
+    """The ``collate_fn`` of a loader whose dataset already returns whole batches: each as a ``Batch`` of ``plan``."""
+
+    def __init__(self, plan: DtypePlan) -> None:
+        self.plan = plan
+
+    def __call__(self, batch: dict[str, Any]) -> Batch:
+        return Batch(batch, plan=self.plan)
+
+
+def _drawn_seed() -> int:
+    """A seed drawn from torch's global generator, process 0's where there are several (all must shuffle alike)."""
+    seed = [int(torch.empty((), dtype=torch.int64).random_().item())]
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.broadcast_object_list(seed, src=0)
+    return seed[0]

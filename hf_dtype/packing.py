@@ -3,6 +3,8 @@
 - ``blocks``: the rows' tokens read as one stream in row order (a separator after each row if
   given), cut into consecutive blocks of ``block_size``, the remainder dropped: the blocks of
   ``run_clm.py``'s ``group_texts`` over a whole split, gathered at batch time instead of stored.
+  With ``group_rows=1000``, the blocks ``run_clm.py`` itself makes: it runs ``group_texts`` per
+  ``map`` batch of 1,000 rows, so each group of rows is cut on its own and drops its own remainder.
   ``document_positions`` adds ``position_ids`` that restart at 0 at every row start inside a block
   (and at the block start), so transformers keeps documents from attending to each other.
 - ``flat``: a batch of rows as one row of all their tokens, what ``DataCollatorWithFlattening``
@@ -104,15 +106,27 @@ class BlockIndex:
         lengths: the number of tokens of each row, in the order the rows are read.
         block_size: tokens per block; the remainder of the stream is dropped.
         separator: a token id appended after each row, or None.
+        group_rows: cut each run of this many rows on its own, dropping each one's remainder (None: one run).
     """
 
-    def __init__(self, lengths: np.ndarray, block_size: int, separator: int | None) -> None:
+    def __init__(self, lengths: np.ndarray, block_size: int, separator: int | None, group_rows: int | None = None) -> None:
         self.lengths = lengths
         self.block_size = block_size
         self.separator = separator
         self.stream = np.zeros(len(lengths) + 1, dtype=np.int64)  # where each row starts in the stream
         np.cumsum(lengths + (separator is not None), out=self.stream[1:])
-        self.num_blocks = int(self.stream[-1] // block_size)
+        self.group_starts = self.stream[:-1][::group_rows] if group_rows else self.stream[:1]  # where each group starts
+        per_group = np.diff(np.append(self.group_starts, self.stream[-1])) // block_size
+        self.first_blocks = np.concatenate([[0], np.cumsum(per_group)[:-1]]).astype(np.int64)  # each group's first block
+        self.num_blocks = int(per_group.sum())
+
+    def block_starts(self, blocks: np.ndarray) -> np.ndarray:
+        """Where each of ``blocks`` starts in the stream."""
+        blocks = blocks.astype(np.int64)
+        if len(self.group_starts) == 1:
+            return blocks * self.block_size
+        group = self.first_blocks.searchsorted(blocks, side="right") - 1
+        return self.group_starts[group] + (blocks - self.first_blocks[group]) * self.block_size
 
     def locate(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each token of ``blocks`` (shape ``(len(blocks), block_size)``): its row, its place in the row, and the
@@ -122,7 +136,7 @@ class BlockIndex:
         each block are counted in: no search per token.
         """
         size = self.block_size
-        starts = blocks.astype(np.int64) * size
+        starts = self.block_starts(blocks)
         first = self.stream.searchsorted(starts, side="right") - 1
         last = self.stream.searchsorted(starts + size - 1, side="right") - 1
         inside = last - first  # rows (empty ones too) that start inside each block, after its first token

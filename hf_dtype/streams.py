@@ -8,10 +8,13 @@ Each process takes its part with ``split_dataset_by_node`` (by shards when they 
 else by rows) and each ``DataLoader`` worker its share of the process's shards, so every row is
 read by one worker of one process per epoch.
 
+A stream the user split already (``split_dataset_by_node``, as the ``datasets`` documentation
+says to) is read as it is: each process reads its own part, never a part of its part.
+
 ``accelerate`` would split a stream a second time (accelerate issue 3547), so the loader tells
 ``accelerator.prepare`` that it is prepared already: ``prepare`` hands it back as it is, and
 ``save_state`` / ``load_state`` keep its position (it is a stateful loader to them). It moves each
-batch to ``accelerate``'s device itself.
+batch to ``accelerate``'s device itself (and widens it there, with ``widen="auto"``).
 """
 
 from __future__ import annotations
@@ -161,6 +164,10 @@ class StreamDataLoader(DataLoader):
     _is_accelerate_prepared = True  # already split by process: accelerate.prepare hands it back as it is (accelerate issue 3547)
     use_stateful_dataloader = True  # accelerate's save_state / load_state call state_dict / load_state_dict
 
+    def __init__(self, *args: Any, widen_on_device: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.widen_on_device = widen_on_device  # batches come in storage dtypes, to be widened after the move
+
     @property
     def plan(self) -> Any:
         """The plan of the served columns; ``plan.widen(batch)`` gives the compute dtypes."""
@@ -198,15 +205,27 @@ class StreamDataLoader(DataLoader):
 
         device = PartialState().device if PartialState._shared_state else None
         for batch in super().__iter__():
-            if device is not None and device.type != "cpu":
-                batch = {name: value.to(device, non_blocking=self.pin_memory) if torch.is_tensor(value) else value
-                         for name, value in batch.items()}
+            if device is not None and self.widen_on_device:
+                batch.to(device, non_blocking=self.pin_memory)
+            elif device is not None and device.type != "cpu":
+                batch.update({name: value.to(device, non_blocking=self.pin_memory) for name, value in batch.items()
+                              if torch.is_tensor(value)})
             yield batch
 
 
 def split_stream(stream: IterableDataset) -> IterableDataset:
-    """This process's part of ``stream`` (``split_dataset_by_node``): by shards when they divide evenly, else by rows."""
+    """This process's part of ``stream`` (``split_dataset_by_node``): by shards when they divide evenly, else by rows.
+
+    A stream split already is this process's part as it is (when processes are known, it must have been split for this one).
+    """
     rank, world = process_rank()
+    split = stream._distributed  # datasets records split_dataset_by_node's rank and world size there
+    if split is not None:
+        if world > 1 and (split.rank, split.world_size) != (rank, world):
+            raise ValueError(f"The stream was split for process {split.rank} of {split.world_size} (split_dataset_by_node), but this "
+                             f"is process {rank} of {world}; expected split_dataset_by_node(stream, rank={rank}, world_size={world}), "
+                             "or a stream not split at all (hd.dataloader then splits it).")
+        return stream
     if world == 1:
         return stream
     if stream.num_shards % world and stream.num_shards < world:

@@ -7,20 +7,26 @@ kept: the row order of ``data_seed`` (else ``seed``) and the epoch, which is the
 own seedable sampler; ``set_epoch`` and ``resume_from_checkpoint`` (its ``skip_first_batches``);
 gradient accumulation; evaluation and prediction; ``remove_unused_columns`` (only the columns the
 model's ``forward`` takes are batched); several processes (``accelerator.prepare`` shards the
-loader; a stream is split by ``hd.dataloader`` itself). Other datasets go to Trainer's own loaders.
+loader; a stream is split by ``hd.dataloader`` itself). A ``Dataset`` without a recorded plan gets
+one inferred (``infer_plan``, masks kept as stored) unless a ``data_collator`` was given; other
+datasets, and a stream without a plan, go to Trainer's own loaders.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import datasets
 import transformers
 
+from .infer import infer_plan
 from .loader import dataloader
-from .plan import DtypePlan
+from .plan import DtypePlan, as_plan
 from .recording import plan_of
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DtypeTrainer"]
 
@@ -36,22 +42,34 @@ class DtypeTrainer(transformers.Trainer):
     """
 
     def __init__(self, *args: Any, dataloader_options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        self._collator_given = (args[2] if len(args) > 2 else kwargs.get("data_collator")) is not None
         super().__init__(*args, **kwargs)
         self.dataloader_options = dict(dataloader_options or {})
         self._served = DtypePlan()  # the entries of every batch served so far, to widen them on the device
 
+    def _plan(self, dataset: Any) -> DtypePlan | None:
+        """The plan to batch ``dataset`` with: given, recorded, or inferred for a ``Dataset`` (None: Trainer's own loader)."""
+        plan = as_plan(self.dataloader_options.get("plan"))
+        if plan is None and isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
+            plan = plan_of(dataset)
+            if plan is None and isinstance(dataset, datasets.Dataset) and not self._collator_given:
+                logger.info("The dataset has no recorded plan: batching it with one inferred from its values (hd.compact(dataset) "
+                            "would store it in those dtypes, and save the inference).")
+                pad = getattr(getattr(self, "processing_class", None), "pad_token_id", None)
+                plan = infer_plan(dataset, derive=False, pad_token_id=pad)
+        return plan
+
     def _fast(self, dataset: Any) -> bool:
-        has_plan = self.dataloader_options.get("plan") is not None or plan_of(dataset) is not None
-        return isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)) and has_plan
+        return self._plan(dataset) is not None
 
     def _loader(self, dataset: Any, batch_size: int, *, training: bool) -> Any:
         args = self.args
-        options = dict(self.dataloader_options)
+        plan = self._plan(dataset)
+        options = {**self.dataloader_options, "plan": plan}
         if args.remove_unused_columns and options.get("packing") is None and "columns" not in options:
             self._set_signature_columns_if_needed()
-            plan = DtypePlan(options["plan"]) if options.get("plan") is not None else plan_of(dataset)
-            names = set(dataset.column_names or []) | set(plan.derived)
-            options["columns"] = [name for name in plan if name in names and name in self._signature_columns]
+            names = [*(dataset.column_names or []), *(name for name in plan.derived if name not in (dataset.column_names or []))]
+            options["columns"] = [name for name in names if name in self._signature_columns]
         workers = args.dataloader_num_workers
         loader = dataloader(
             dataset, batch_size, shuffle=training, drop_last=training and args.dataloader_drop_last,
@@ -59,7 +77,7 @@ class DtypeTrainer(transformers.Trainer):
             pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor, **options,
         )
-        self._served = self._served.update(loader.plan.columns)
+        self._served = self._served | loader.plan.columns
         return self.accelerator.prepare(loader)
 
     def get_train_dataloader(self) -> Any:

@@ -83,7 +83,7 @@ def main() -> None:
 
     accelerator = Accelerator(cpu=True)
     dataset = build(args.rows)
-    loader = hd.dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, pad_to_multiple_of=8)
+    loader = hd.dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, pad_to_multiple_of=8, widen="device")
     prepared = accelerator.prepare(loader)
     record = {"rank": accelerator.process_index, "num_processes": accelerator.num_processes, "epochs": []}
     packed = {name: accelerator.prepare(hd.dataloader(dataset, 3, shuffle=True, seed=args.seed, **options))

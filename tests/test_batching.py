@@ -154,14 +154,25 @@ def test_loader_matches_token_classification_collator(ner_rows, compacted, bert_
         _assert_batches_equal(batch, collator(_reference_rows(ner_rows, ids, columns)))
 
 
-def test_loader_max_length_keeps_the_first_tokens(ner_rows, compacted, bert_tokenizer):
-    collator = DataCollatorForTokenClassification(bert_tokenizer)
-    loader = hd.dataloader(compacted, 8, widen="cpu", max_length=6)
+def test_loader_max_length_pads_as_the_collators_padding_max_length(ner_rows, compacted, bert_tokenizer):
+    """max_length has the transformers collators' meaning (padding="max_length"): every batch that wide, nothing truncated."""
+    longest = max(len(row) for row in ner_rows["input_ids"])
+    collator = DataCollatorForTokenClassification(bert_tokenizer, padding="max_length", max_length=longest + 3, pad_to_multiple_of=8)
+    loader = hd.dataloader(compacted, 8, widen="cpu", max_length=longest + 3, pad_to_multiple_of=8)
     columns = ["input_ids", "token_type_ids", "attention_mask", "labels"]
     for start, batch in zip(range(0, NUM_ROWS, 8), loader, strict=True):
         ids = list(range(start, min(start + 8, NUM_ROWS)))
-        assert batch["input_ids"].shape[1] <= 6
-        _assert_batches_equal(batch, collator(_reference_rows(ner_rows, ids, columns, max_length=6)))
+        assert batch["input_ids"].shape[1] == -(-(longest + 3) // 8) * 8
+        _assert_batches_equal(batch, collator(_reference_rows(ner_rows, ids, columns)))
+
+
+def test_max_length_shorter_than_a_row_is_an_error_not_a_truncation(ner_rows, compacted):
+    row = int(np.argmax([len(ids) for ids in ner_rows["input_ids"]]))
+    length = len(ner_rows[row]["input_ids"])
+    with pytest.raises(ValueError, match=rf"Row {row} has {length} values in 'input_ids', more than max_length=6: .*truncates nothing"):
+        next(iter(hd.dataloader(compacted, NUM_ROWS, max_length=6)))
+    with pytest.raises(ValueError, match=r"more than max_length=4.*truncation=True"):
+        pad_batch(_reference_rows(ner_rows, [row], ["input_ids"]), hd.plan_of(compacted), max_length=4)
 
 
 def test_loader_matches_data_collator_with_padding_for_classification(bert_tokenizer):
@@ -195,12 +206,12 @@ def test_padding_collator_matches_token_classification_collator(ner_rows, compac
 def test_padding_collator_rebuilds_derived_columns_and_serves_storage_dtypes(ner_rows, compacted):
     plan = hd.plan_of(compacted)
     rows = _reference_rows(ner_rows, [0, 1, 2], ["input_ids", "labels"])
-    device = pad_batch(rows, plan, widen="device", max_length=4)
+    device = pad_batch(rows, plan, widen="device", max_length=64)
     assert {name: value.dtype for name, value in device.items()} == {
         "input_ids": torch.uint16, "labels": torch.int8, "token_type_ids": torch.bool, "attention_mask": torch.bool}
-    lengths = [min(len(row["input_ids"]), 4) for row in rows]
-    assert device["attention_mask"].sum(dim=1).tolist() == lengths
-    cpu = pad_batch(rows, plan, widen="cpu", max_length=4)
+    assert device["input_ids"].shape == (3, 64)
+    assert device["attention_mask"].sum(dim=1).tolist() == [len(row["input_ids"]) for row in rows]
+    cpu = pad_batch(rows, plan, widen="cpu", max_length=64)
     _assert_batches_equal(cpu, plan.widen(device))
 
 
@@ -215,7 +226,7 @@ def test_padding_collator_range_checks_storage_dtypes(compacted):
 
 def test_device_batch_keeps_storage_dtypes_and_cpu_batch_is_its_widening(compacted):
     plan = hd.plan_of(compacted)
-    device = next(iter(hd.dataloader(compacted, 7)))
+    device = next(iter(hd.dataloader(compacted, 7, widen="device")))
     assert {name: value.dtype for name, value in device.items()} == {
         "input_ids": torch.uint16, "token_type_ids": torch.bool, "attention_mask": torch.bool,
         "labels": torch.int8, "idx": torch.uint8}
@@ -230,7 +241,7 @@ def test_bfloat16_storage_is_a_view_and_widens_exactly():
     plan = {"scores": {"storage": "bfloat16", "compute": "float32", "pad": 0.0},
             "weight": {"storage": "bfloat16", "compute": "bfloat16"}, "input_ids": "uint16"}
     small = hd.compact(raw, plan)
-    device = next(iter(hd.dataloader(small, 3)))
+    device = next(iter(hd.dataloader(small, 3, widen="device")))
     assert device["scores"].dtype == torch.bfloat16 and device["weight"].dtype == torch.bfloat16
     expected = torch.tensor([[0.5, -1.25, 3.0], [2.0, 0, 0], [1e30, 0.0625, 0]]).to(torch.bfloat16)
     assert torch.equal(device["scores"], expected)
@@ -244,7 +255,7 @@ def test_bool_and_scalar_columns():
     raw = datasets.Dataset.from_dict({"flags": [[True, False, True], [], [False, True]], "label": [2, 0, 1],
                                       "score": [0.5, 0.25, 1.0]})
     small = hd.compact(raw, {"flags": "bool", "label": "int8", "score": "float16"})
-    batch = next(iter(hd.dataloader(small, 3)))
+    batch = next(iter(hd.dataloader(small, 3, widen="device")))
     assert batch["flags"].tolist() == [[True, False, True], [False, False, False], [False, True, False]]
     assert "label" not in batch and batch["labels"].tolist() == [2, 0, 1] and batch["labels"].dtype == torch.int8
     assert batch["score"].dtype == torch.float16 and batch["score"].tolist() == [0.5, 0.25, 1.0]
@@ -267,7 +278,7 @@ def test_large_and_fixed_size_lists_and_bits_across_buffers():
 def test_pad_that_the_stored_dtype_cannot_hold_serves_the_compute_dtype():
     raw = datasets.Dataset.from_dict({"labels": [[1, 2], [3]]}, features=datasets.Features(
         {"labels": datasets.List(datasets.Value("uint8"))}))
-    batch = next(iter(hd.dataloader(raw, 2, plan={"labels": {"storage": "int8", "pad": -100}})))
+    batch = next(iter(hd.dataloader(raw, 2, plan={"labels": {"storage": "int8", "pad": -100}}, widen="device")))
     assert batch["labels"].dtype == torch.int8 and batch["labels"].tolist() == [[1, 2], [3, -100]]
 
 
@@ -277,17 +288,17 @@ def test_empty_dataset(compacted):
 
 def test_uncompacted_dataset_with_a_plan_serves_the_plan_dtypes(ner_rows, compacted):
     plan = hd.plan_of(compacted)
-    device = next(iter(hd.dataloader(ner_rows, 6, plan=plan, columns=["input_ids", "attention_mask", "labels"])))
+    device = next(iter(hd.dataloader(ner_rows, 6, plan=plan, columns=["input_ids", "attention_mask", "labels"], widen="device")))
     assert device["input_ids"].dtype == torch.uint16 and device["labels"].dtype == torch.int8  # checked casts
     with pytest.raises(hd.LossyCastError, match=r"Column 'input_ids'.*does not fit uint8"):
-        next(iter(hd.dataloader(ner_rows, 6, plan=plan.update({"input_ids": "uint8"}))))
+        next(iter(hd.dataloader(ner_rows, 6, plan=plan | {"input_ids": "uint8"}, widen="device")))
     cpu = next(iter(hd.dataloader(ner_rows, 6, plan=plan, widen="cpu")))
     reference = next(iter(hd.dataloader(compacted, 6, widen="cpu")))
     _assert_batches_equal(cpu, {name: reference[name] for name in cpu})
 
 
 def test_columns_selects_and_derives(compacted):
-    batch = next(iter(hd.dataloader(compacted, 4, columns=["attention_mask", "labels"])))
+    batch = next(iter(hd.dataloader(compacted, 4, columns=["attention_mask", "labels"], widen="device")))
     assert list(batch) == ["attention_mask", "labels"]
     assert batch["attention_mask"].sum(dim=1).tolist() == [len(compacted[i]["input_ids"]) for i in range(4)]
 
@@ -329,7 +340,7 @@ def test_every_row_once_with_its_own_values_on_every_layout(compacted, tmp_path,
     assert layouts["three_files"].data.table.column("input_ids").num_chunks == 3
     for name, dataset in layouts.items():
         seen = []
-        for batch in hd.dataloader(dataset, 4, shuffle=True, seed=7, padding_side=padding_side):
+        for batch in hd.dataloader(dataset, 4, shuffle=True, seed=7, padding_side=padding_side, widen="device"):
             for row, row_id in enumerate(batch["idx"].tolist()):
                 mask = batch["attention_mask"][row]
                 assert batch["input_ids"][row][mask].tolist() == compacted[row_id]["input_ids"], (name, row_id)
@@ -346,8 +357,8 @@ def test_columns_chunked_differently(compacted, tmp_path):
     added = chunked.add_column("row", [[i] * (i % 4) for i in chunked["idx"]]).shuffle(seed=0)
     table = added.data.table
     assert [len(c) for c in table.column("row").chunks] != [len(c) for c in table.column("idx").chunks]
-    plan = hd.plan_of(compacted).update({"row": {"storage": "uint8", "pad": 255}})
-    for batch in hd.dataloader(added, 5, plan=plan):
+    plan = hd.plan_of(compacted) | {"row": {"storage": "uint8", "pad": 255}}
+    for batch in hd.dataloader(added, 5, plan=plan, widen="device"):
         for row, row_id in enumerate(batch["idx"].tolist()):
             assert batch["row"][row].tolist() == [row_id] * (row_id % 4) + [255] * (batch["row"].shape[1] - row_id % 4)
             assert batch["input_ids"][row][batch["attention_mask"][row]].tolist() == compacted[row_id]["input_ids"]
@@ -429,7 +440,7 @@ def test_bad_batch_size(compacted, batch_size):
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"columns": ["input_ids", "nope"]}, ValueError, r"Unknown column\(s\) \['nope'\]: expected columns of the dataset"),
-    ({"widen": "gpu"}, ValueError, r"widen must be one of \('device', 'cpu'\).*got 'gpu'"),
+    ({"widen": "gpu"}, ValueError, r"widen must be 'auto', 'device' or 'cpu' .*got 'gpu'"),
     ({"padding_side": "middle"}, ValueError, r"padding_side must be one of \('right', 'left'\); got 'middle'"),
     ({"pad_to_multiple_of": 0}, ValueError, "pad_to_multiple_of must be a positive integer or None; got 0"),
     ({"max_length": -1}, ValueError, "max_length must be a positive integer or None; got -1"),

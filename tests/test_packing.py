@@ -46,10 +46,22 @@ def _run_clm_blocks(dataset: datasets.Dataset, block_size: int) -> list[list[int
     return grouped["input_ids"]
 
 
+@pytest.mark.parametrize(("group_rows", "block_size"), [(7, 16), (10, 64), (3, 200), (1000, 32)])
+def test_group_rows_gives_the_blocks_of_run_clm_map_batches(corpus, compact_corpus, group_rows, block_size):
+    """run_clm_no_trainer.py maps group_texts over batches of 1,000 rows (its default): each batch drops its own remainder."""
+    grouped = corpus.select_columns(["input_ids", "attention_mask"]).map(group_texts, batched=True, batch_size=group_rows,
+                                                                         fn_kwargs={"block_size": block_size})
+    loader = hd.dataloader(compact_corpus, 4, packing="blocks", block_size=block_size, group_rows=group_rows, widen="cpu")
+    assert len(loader.dataset) == len(grouped)
+    assert [row for batch in loader for row in batch["input_ids"].tolist()] == grouped["input_ids"]
+    if group_rows < len(corpus):  # the whole-split blocks are others: more of them, and other ones after the first group
+        assert len(_run_clm_blocks(corpus, block_size)) > len(grouped)
+
+
 @pytest.mark.parametrize("block_size", [1, 7, 64, 256])
 def test_blocks_equal_group_texts(corpus, compact_corpus, block_size):
     expected = _run_clm_blocks(corpus, block_size)
-    loader = hd.dataloader(compact_corpus, 5, packing="blocks", block_size=block_size)
+    loader = hd.dataloader(compact_corpus, 5, packing="blocks", block_size=block_size, widen="device")
     batches = list(loader)
     assert batches[0]["input_ids"].dtype == torch.uint8 and batches[0]["input_ids"].shape[1] == block_size
     got = [row for batch in batches for row in loader.plan.widen(batch)["input_ids"].tolist()]
@@ -127,7 +139,7 @@ def test_flat_batches_equal_data_collator_with_flattening(corpus, with_labels, f
                 assert batch[name].dtype == value.dtype and torch.equal(batch[name], value), name
             else:
                 assert batch[name] == value, name
-    device = next(iter(hd.dataloader(small, 6, packing="flat", flash_attn_kwargs=flash)))
+    device = next(iter(hd.dataloader(small, 6, packing="flat", flash_attn_kwargs=flash, widen="device")))
     assert device["input_ids"].dtype == torch.uint8
     widened = hd.dataloader(small, 6, packing="flat").plan.widen(device)
     assert torch.equal(widened["labels"], next(iter(loader))["labels"])

@@ -2,9 +2,10 @@
 
 The training loop below is ``accelerate``'s ``examples/complete_nlp_example.py``: no ``set_epoch``
 call, ``accelerator.save_state`` at step or epoch checkpoints, and on resume ``load_state`` then
-``skip_first_batches`` for the steps already done in the epoch. The one line hf_dtype adds is
-``accelerator.register_for_checkpointing(train_dataloader)``. A tiny BERT with dropout on makes the
-losses depend on the torch random stream too, not only on the rows.
+``skip_first_batches`` for the steps already done in the epoch, and ``batch.to(accelerator.device)``
+whose result it does not use. The loader swap is the only change: ``save_state`` / ``load_state``
+carry the loader's epoch without ``register_for_checkpointing`` (which still works). A tiny BERT with
+dropout on makes the losses depend on the torch random stream too, not only on the rows.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def ner_data(tokenizer) -> datasets.Dataset:
     return hd.compact(raw.map(encode, batched=True, remove_columns=["tokens", "ner_tags"]))
 
 
-def _train(data: datasets.Dataset, tmp_path, *, save_at: str | None = None, resume_from: str | None = None) -> dict:
+def _train(data: datasets.Dataset, tmp_path, *, save_at: str | None = None, resume_from: str | None = None,
+           registered: bool = False) -> dict:
     """complete_nlp_example's loop; returns the loss and the row ids of every step, by epoch."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -47,12 +49,12 @@ def _train(data: datasets.Dataset, tmp_path, *, save_at: str | None = None, resu
     accelerator = Accelerator(cpu=True)
     set_seed(42)
     train_dataloader = hd.dataloader(data, BATCH, shuffle=True, seed=42, columns=["input_ids", "attention_mask", "labels", "idx"])
-    accelerator.register_for_checkpointing(train_dataloader)  # the one line hf_dtype adds: its epoch is in the checkpoint
+    if registered:  # not needed, and harmless: the loader's state is saved once more as a custom object
+        accelerator.register_for_checkpointing(train_dataloader)
     model = BertForTokenClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
                                                   vocab_size=30522, num_labels=9))  # dropout 0.1
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
-    plan = hd.plan_of(data)
 
     starting_epoch, resume_step, overall_step = 0, None, 0
     if resume_from:
@@ -73,7 +75,7 @@ def _train(data: datasets.Dataset, tmp_path, *, save_at: str | None = None, resu
         else:
             active_dataloader = train_dataloader
         for batch in active_dataloader:
-            batch = plan.widen(batch)
+            batch.to(accelerator.device)  # as complete_nlp_example writes it: moves (and widens) the batch in place
             ids = batch.pop("idx")
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -89,10 +91,12 @@ def _train(data: datasets.Dataset, tmp_path, *, save_at: str | None = None, resu
     return seen
 
 
+@pytest.mark.parametrize("registered", [False, True])
 @pytest.mark.parametrize("checkpoint", ["step_14", "epoch_1"])  # 22 rows / 4 = 6 steps an epoch: step 14 is mid epoch 2
-def test_resume_in_accelerates_example_shape_equals_the_uninterrupted_run(ner_data, tmp_path, checkpoint, fresh_accelerate_state):
-    full = _train(ner_data, tmp_path, save_at=checkpoint)
-    resumed = _train(ner_data, tmp_path, resume_from=checkpoint)
+def test_resume_in_accelerates_example_shape_equals_the_uninterrupted_run(ner_data, tmp_path, checkpoint, registered,
+                                                                          fresh_accelerate_state):
+    full = _train(ner_data, tmp_path, save_at=checkpoint, registered=registered)
+    resumed = _train(ner_data, tmp_path, resume_from=checkpoint, registered=registered)
     assert 2 in resumed and full[1] != full[2]  # epochs see different orders
     done_in_epoch_2 = 14 - 12 if checkpoint.startswith("step") else 0
     assert resumed[2] == full[2][done_in_epoch_2:]  # the same rows and, with dropout on, the same losses

@@ -81,7 +81,7 @@ def test_infer_plan_from_the_first_rows_and_a_lazy_checked_compact():
     stream = _rows().to_iterable_dataset(num_shards=3)
     plan = hd.infer_plan(stream, sample_rows=10)
     assert "inferred from the first 10 rows of the stream" in str(plan)
-    small = hd.compact(stream, plan.update({"input_ids": "uint16"}))
+    small = hd.compact(stream, plan | {"input_ids": "uint16"})
     assert hd.plan_of(small)["input_ids"].storage == "uint16"
     assert [row["idx"] for row in small] == list(range(ROWS))
     narrow = hd.compact(stream, {"input_ids": "uint8"})  # nothing is read until the stream is
@@ -213,6 +213,8 @@ def test_two_nodes_of_two_processes_read_every_row_once(tmp_path):
     assert all(node.returncode == 0 for node in nodes), [out[1][-2000:] for out in outputs]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     assert [rank["world"] for rank in ranks] == [4] * 4
+    assert sorted(ranks[0]["runs"]) == sorted(f"{split}{shards}x{workers}" for split in ("", "split-") for shards in (8, 5)
+                                              for workers in (0, 2))  # split by hd.dataloader, and by the user first
     for run in ranks[0]["runs"]:
         epochs = [[i for rank in ranks for i in rank["runs"][run]["epochs"][e]] for e in range(2)]
         for epoch in epochs:
@@ -221,3 +223,22 @@ def test_two_nodes_of_two_processes_read_every_row_once(tmp_path):
         assert orders[0] != orders[1], run
         if run.endswith("x0"):
             assert [rank["runs"][run]["resumed"] for rank in ranks] == orders[1], run
+
+
+def test_a_stream_split_by_the_user_is_not_split_again(monkeypatch):
+    """split_dataset_by_node first, as the datasets documentation says: the loader reads that part whole."""
+    from datasets.distributed import split_dataset_by_node
+
+    from hf_dtype import streams
+
+    rows = hd.compact(datasets.Dataset.from_dict({"input_ids": [[i + 1] * (1 + i % 3) for i in range(40)], "idx": list(range(40))}))
+    parts = []
+    for rank in range(4):
+        monkeypatch.setattr(streams, "process_rank", lambda rank=rank: (rank, 4))
+        part = split_dataset_by_node(rows.to_iterable_dataset(num_shards=5), rank=rank, world_size=4)
+        parts.append([i for batch in hd.dataloader(part, 3) for i in batch["idx"].tolist()])
+    assert sorted(i for part in parts for i in part) == list(range(40))  # every row once over the 4 processes
+    monkeypatch.setattr(streams, "process_rank", lambda: (1, 2))
+    part = split_dataset_by_node(rows.to_iterable_dataset(num_shards=4), rank=0, world_size=4)
+    with pytest.raises(ValueError, match=r"split for process 0 of 4 \(split_dataset_by_node\), but this is process 1 of 2"):
+        hd.dataloader(part, 3)

@@ -20,6 +20,7 @@ import torch
 from transformers import BertConfig, BertForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
 
 import hf_dtype as hd
+from hf_dtype.fetch import BatchFetcher
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -78,6 +79,19 @@ def test_the_same_losses_as_a_stock_trainer_with_the_token_classification_collat
     np.testing.assert_array_equal(fast.predict(small).predictions, stock.predict(ner).predictions)
 
 
+def test_a_dataset_without_a_plan_is_batched_with_an_inferred_one(ner, tokenizer, tmp_path):
+    """A tokenized dataset never compacted: the plan is inferred (masks kept as stored), not a transformers traceback."""
+    assert hd.plan_of(ner) is None
+    plain = hd.DtypeTrainer(model=_model(0.0), args=_args(tmp_path / "plain", max_steps=4), train_dataset=ner, processing_class=tokenizer)
+    plain.train()
+    small = hd.DtypeTrainer(model=_model(0.0), args=_args(tmp_path / "small", max_steps=4), train_dataset=hd.compact(ner))
+    small.train()
+    assert _losses(plain) == _losses(small)
+    given = hd.DtypeTrainer(model=_model(0.0), args=_args(tmp_path / "given"), train_dataset=ner,
+                            data_collator=DataCollatorForTokenClassification(tokenizer))
+    assert not isinstance(given.get_train_dataloader().dataset, BatchFetcher)  # a collator given is used, by Trainer's own loader
+
+
 def test_resume_from_checkpoint_equals_the_uninterrupted_run(ner, tokenizer, tmp_path):
     small = hd.compact(ner, vocab_size=tokenizer.vocab_size)
     full = hd.DtypeTrainer(model=_model(0.1), args=_args(tmp_path / "run", save_strategy="steps", save_steps=3), train_dataset=small)
@@ -108,7 +122,9 @@ def test_an_sst2_label_column_and_remove_unused_columns(tokenizer, tmp_path):
                                                      intermediate_size=37, num_labels=2))
     trainer = hd.DtypeTrainer(model=model, args=_args(tmp_path / "sst2", num_train_epochs=1), train_dataset=small)
     batch = next(iter(trainer.get_train_dataloader()))
-    assert "idx" not in batch and "label" not in batch and batch["labels"].dtype == torch.int8
+    assert "idx" not in batch and "label" not in batch and batch["labels"].dtype == torch.int64  # on the CPU: widened there
+    stored = hd.DtypeTrainer(model=model, args=_args(tmp_path / "sst2"), train_dataset=small, dataloader_options={"widen": "device"})
+    assert next(iter(stored.get_train_dataloader()))["labels"].dtype == torch.int8  # storage dtypes, widened in _prepare_inputs
     trainer.train()
     assert all(np.isfinite(_losses(trainer)))
 
