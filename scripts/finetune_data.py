@@ -24,6 +24,7 @@ __all__ = [
     "check_columns",
     "data_columns",
     "label_space",
+    "leaf_feature",
     "load_raw_datasets",
     "tokenize_datasets",
 ]
@@ -155,7 +156,8 @@ class LabelSpace:
         return dict(enumerate(self.names))
 
 
-def _leaf_feature(feature: Any) -> Any:
+def leaf_feature(feature: Any) -> Any:
+    """The feature of one value of a column: a ``Value`` or ``ClassLabel``, under any nesting of lists."""
     while hasattr(feature, "feature"):
         feature = feature.feature
     return feature
@@ -179,7 +181,7 @@ def label_space(raw: DatasetDict, column: str, *, sequence: bool, model_label2id
     of ``source_split`` (default: train), in CoNLL's order when they are CoNLL's labels, sorted otherwise.
     """
     source_split = source_split or ("train" if "train" in raw else next(iter(raw)))
-    leaf = _leaf_feature(raw[source_split].features[column])
+    leaf = leaf_feature(raw[source_split].features[column])
     if isinstance(leaf, ClassLabel):
         space = LabelSpace(list(leaf.names), {i: i for i in range(leaf.num_classes)})
         space.to_id.update({name: i for i, name in enumerate(leaf.names)})

@@ -6,7 +6,7 @@ many processes::
 
     python scripts/pretrain.py                                   # character-level GPT on tiny Shakespeare, a few minutes
     python scripts/pretrain.py --tokenizer bpe --vocab_size 4096 # byte-level BPE instead
-    accelerate launch scripts/pretrain.py --mixed_precision bf16
+    accelerate launch --mixed_precision bf16 scripts/pretrain.py # the launcher's precision, unless --mixed_precision is given
     torchrun --nproc_per_node 2 scripts/pretrain.py --cpu
 
 The hf_dtype lines are in ``get_dataloaders``: the tokenized lines are stored once in the smallest
@@ -17,6 +17,10 @@ or lays each batch of lines end to end (``--packing flat``). ``--plan datasets-d
 ``default_data_collator``) on the same blocks in the same order. Packed batches need the model's
 cache off (``use_cache=False``): with it on, transformers ignores ``position_ids`` when masking and
 the rows of a flat batch attend to each other.
+
+It prints one line on where it runs (device, processes, mixed precision) and, every ``--logging_steps``
+optimizer steps, one line with the loss, the learning rate and the tokens per second; a live bar only
+when the output is a terminal, so a log redirected to a file holds plain lines, not bar frames.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -95,7 +101,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--adam_beta2", type=float, default=0.99, help="AdamW beta2 (beta1 is 0.9).")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping.")
     train.add_argument("--eval_every", type=int, default=500, help="Evaluate the validation loss every N optimizer steps.")
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="accelerate's mixed precision.")
+    train.add_argument("--logging_steps", type=int, default=100,
+                       help="Print the mean loss, the learning rate and tokens/s every N optimizer steps.")
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                       help="accelerate's mixed precision. Default: the launcher's (accelerate launch --mixed_precision, or its "
+                            "config), else no.")
     train.add_argument("--cpu", action="store_true", help="Train on the CPU even if an accelerator is present.")
     train.add_argument("--seed", type=int, default=1337, help="Seed of the weights, the block order and dropout.")
     run = parser.add_argument_group("checkpoints and outputs")
@@ -110,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Reject inconsistent options before anything is loaded."""
     for name in ("n_layer", "n_head", "n_embd", "block_size", "per_device_train_batch_size", "per_device_eval_batch_size",
-                 "gradient_accumulation_steps", "max_train_steps", "eval_every"):
+                 "gradient_accumulation_steps", "max_train_steps", "eval_every", "logging_steps"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
     if args.n_embd % args.n_head:
@@ -249,18 +259,24 @@ def _enough_tokens(split: str, blocks: int, block_size: int) -> None:
 
 
 def build_model(args: argparse.Namespace, vocab_size: int, positions: int) -> transformers.PreTrainedModel:
-    """A causal LM from a config, no pretrained weights; the cache stays off while training (see the module docstring)."""
+    """A causal LM from a config, no pretrained weights; the cache stays off while training (see the module docstring).
+
+    transformers picks a model's loss from its class name; ``GPT2LMHeadModel`` names none of its losses, so its
+    ``loss_type`` is set here (``LlamaForCausalLM`` finds ``ForCausalLM`` itself), or every run warns that it is unrecognized.
+    """
     if args.model_type == "gpt2":
         config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=args.n_embd, n_layer=args.n_layer,
                                          n_head=args.n_head, resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
                                          activation_function="gelu",  # exact, one fused op, as nanoGPT's nn.GELU (gelu_new: 9)
-                                         bos_token_id=0, eos_token_id=0, use_cache=False, loss_type="ForCausalLM")
+                                         bos_token_id=0, eos_token_id=0, use_cache=False)
     else:
         config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=args.n_embd, intermediate_size=4 * args.n_embd,
                                           num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
                                           max_position_embeddings=positions, attention_dropout=args.dropout,
-                                          bos_token_id=0, eos_token_id=0, use_cache=False, loss_type="ForCausalLM")
-    return transformers.AutoModelForCausalLM.from_config(config)
+                                          bos_token_id=0, eos_token_id=0, use_cache=False)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def make_optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
@@ -320,6 +336,38 @@ def sample(model: torch.nn.Module, tokenizer: Any, tokens: int, seed: int, conte
     return tokenizer.decode(ids[0].tolist())
 
 
+# --------------------------------------------------------------------------------------------- console
+
+
+def quiet_libraries() -> None:
+    """No progress bars from datasets (loading, tokenizing) or transformers (saving): the run's own lines tell its progress."""
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def runtime_line(accelerator: Accelerator, flag: str | None) -> str:
+    """``device cpu, 1 process, mixed precision bf16 (from accelerate launch)``: where the run runs, in which precision, and
+    who chose it: ``--mixed_precision``, else the launcher (``accelerate launch`` sets ``ACCELERATE_MIXED_PRECISION``)."""
+    source = "--mixed_precision" if flag else "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in os.environ else "the default"
+    processes = accelerator.num_processes
+    return (f"device {accelerator.device.type}, {processes} process{'es' if processes > 1 else ''}, "
+            f"mixed precision {accelerator.mixed_precision} (from {source})")
+
+
+def progress_bar(accelerator: Accelerator, **options: Any) -> tqdm:
+    """A live bar on the main process when stderr is a terminal, none otherwise: a log redirected to a file gets the plain
+    step lines instead of carriage-return frames (``TQDM_DISABLE=1`` turns the bar off on a terminal too)."""
+    shown = accelerator.is_local_main_process and sys.stderr.isatty()
+    return tqdm(**options) if shown else tqdm(disable=True, **options)
+
+
+def say(accelerator: Accelerator, line: str) -> None:
+    """One line from the main process, above the live bar if one shows, flushed at once so that a redirected log is current."""
+    if accelerator.is_local_main_process:
+        tqdm.write(line)
+        sys.stdout.flush()
+
+
 # --------------------------------------------------------------------------------------------- training
 
 
@@ -342,6 +390,8 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               log_with="tensorboard" if args.with_tracking else None, project_dir=args.output_dir)
+    quiet_libraries()
+    say(accelerator, runtime_line(accelerator, args.mixed_precision))
     set_seed(args.seed)
     resume = _checkpoint(args) if args.resume_from_checkpoint else (None, 0)
     with accelerator.main_process_first():
@@ -362,14 +412,13 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     if resume[0]:
         accelerator.load_state(resume[0])
         completed = resume[1]
-        accelerator.print(f"resumed from {resume[0]} at step {completed}")
-    start = time.perf_counter()
+        say(accelerator, f"resumed from {resume[0]} at step {completed}")
     log = train(args, accelerator, model, optimizer, scheduler, train_loader, served, completed)
-    seconds = time.perf_counter() - start
     metrics = {
         "validation_loss": log.evaluations[-1]["validation_loss"] if log.evaluations else None, "evaluations": log.evaluations,
-        "steps": log.completed, "step_losses": log.step_losses, "train_seconds": seconds,
-        "tokens_per_second": log.tokens * accelerator.num_processes / seconds, "data_wait_share": log.wait / seconds,
+        "steps": log.completed, "step_losses": log.step_losses, "mixed_precision": accelerator.mixed_precision,
+        "train_seconds": log.train_seconds, "eval_seconds": log.eval_seconds, "checkpoint_seconds": log.checkpoint_seconds,
+        "tokens_per_second": log.tokens * accelerator.num_processes / log.train_seconds, "data_wait_share": log.wait / log.train_seconds,
         "bytes_per_stored_token": served.bytes_per_token, "bytes_per_batch": log.batch_bytes, "vocab_size": len(tokenizer),
         "num_parameters": sum(p.numel() for p in model.parameters()), "num_processes": accelerator.num_processes,
         "plan": served.plan.to_dict() if served.plan else None,
@@ -382,7 +431,11 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass
 class TrainLog:
-    """What the training loop saw: the loss of each optimizer step, the evaluations, and the data path's figures."""
+    """What the training loop saw: the loss of each optimizer step, the evaluations, and the data path's figures.
+
+    Its clocks keep evaluations and checkpoints apart from the training steps: tokens/s and the share of time
+    waiting for data are over the training steps alone.
+    """
 
     completed: int
     step_losses: list[float] = field(default_factory=list)
@@ -390,6 +443,15 @@ class TrainLog:
     wait: float = 0.0  # seconds spent waiting for a batch
     tokens: int = 0  # tokens trained on by this process
     batch_bytes: int = 0  # bytes of the last batch, as it crossed to the device
+    eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    train_seconds: float = 0.0  # the training steps' share of the loop, set when it ends
+    started: float = field(default_factory=time.perf_counter)
+    logged: tuple[int, int, float] = (0, 0, 0.0)  # len(step_losses), tokens and training seconds at the last step line
+
+    def training_seconds(self) -> float:
+        """Seconds spent in training steps so far: the loop's time less its evaluations and checkpoints."""
+        return time.perf_counter() - self.started - self.eval_seconds - self.checkpoint_seconds
 
 
 def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any,
@@ -397,7 +459,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
     """Optimizer steps until ``--max_train_steps``, over as many passes as it takes; a resumed run skips what its epoch did."""
     log = TrainLog(completed)
     skip = completed * args.gradient_accumulation_steps % len(train_loader)
-    progress = tqdm(total=args.max_train_steps, initial=completed, desc="train", disable=not accelerator.is_local_main_process)
+    progress = progress_bar(accelerator, total=args.max_train_steps, initial=completed, desc="train")
     model.train()
     while log.completed < args.max_train_steps:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
@@ -422,27 +484,55 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
                 micro_losses.clear()
                 progress.update(1)
                 progress.set_postfix(loss=f"{log.step_losses[-1]:.4f}")
-                _after_step(args, accelerator, model, served, scheduler, log, progress)
+                _after_step(args, accelerator, model, served, scheduler, log)
                 if log.completed >= args.max_train_steps:
                     break
             asked = time.perf_counter()
+    log.train_seconds = log.training_seconds()
     progress.close()
     return log
 
 
 def _after_step(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, served: Served, scheduler: Any,
-                log: TrainLog, progress: Any) -> None:
-    """Tracking, evaluation and checkpoints, as the step count asks."""
+                log: TrainLog) -> None:
+    """Tracking, the step line, evaluation and checkpoints, as the step count asks; evaluations and checkpoints timed apart."""
     step = log.completed
     if args.with_tracking:
         accelerator.log({"train/loss": log.step_losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=step)
+    if step % args.logging_steps == 0:
+        _log_step(args, accelerator, scheduler, log)
     if step % args.eval_every == 0 or step == args.max_train_steps:
-        log.evaluations.append({"step": step, "validation_loss": evaluate(model, served, accelerator)})
-        progress.write(f"step {step:>6}  validation loss {log.evaluations[-1]['validation_loss']:.4f}")
-        if args.with_tracking:
-            accelerator.log({"validation/loss": log.evaluations[-1]["validation_loss"]}, step=step)
+        _log_evaluation(args, accelerator, model, served, log)
     if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        start = time.perf_counter()
         accelerator.save_state(os.path.join(args.output_dir, f"step_{step}"))
+        log.checkpoint_seconds += time.perf_counter() - start
+
+
+def _step_label(args: argparse.Namespace, step: int) -> str:
+    return f"step {step:>{len(str(args.max_train_steps))}}/{args.max_train_steps}"
+
+
+def _log_step(args: argparse.Namespace, accelerator: Accelerator, scheduler: Any, log: TrainLog) -> None:
+    """``step  100/2000  loss 2.4567  lr 1.00e-03  14,321 tokens/s``: the mean loss and the speed since the last step line."""
+    losses, tokens, seconds = log.logged
+    now = log.training_seconds()
+    loss = sum(log.step_losses[losses:]) / (len(log.step_losses) - losses)
+    rate = (log.tokens - tokens) * accelerator.num_processes / (now - seconds)
+    log.logged = (len(log.step_losses), log.tokens, now)
+    say(accelerator, f"{_step_label(args, log.completed)}  loss {loss:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  {rate:,.0f} tokens/s")
+
+
+def _log_evaluation(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, served: Served, log: TrainLog) -> None:
+    """``step  500/2000  validation loss 1.9912  (4.1 s)``, recorded with the time it took."""
+    start = time.perf_counter()
+    loss = evaluate(model, served, accelerator)
+    seconds = time.perf_counter() - start
+    log.eval_seconds += seconds
+    log.evaluations.append({"step": log.completed, "validation_loss": loss, "seconds": seconds})
+    say(accelerator, f"{_step_label(args, log.completed)}  validation loss {loss:.4f}  ({seconds:.1f} s)")
+    if args.with_tracking:
+        accelerator.log({"validation/loss": loss}, step=log.completed)
 
 
 def _bits_per_character(loss: float | None, tokenized: datasets.Dataset, text: datasets.Dataset) -> float | None:
@@ -468,20 +558,26 @@ def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torc
         Path(args.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
         Path(args.output_dir, "sample.txt").write_text(metrics["sample"])
         print(f"validation loss {metrics['validation_loss']:.4f} ({metrics['bits_per_character']:.3f} bits per character) after "
-              f"{metrics['steps']} steps, {metrics['train_seconds']:.0f} s, {metrics['tokens_per_second']:,.0f} tokens/s, "
-              f"{metrics['data_wait_share']:.1%} of the time waiting for data, "
-              f"{metrics['bytes_per_stored_token']:.2f} bytes per stored token")
+              f"{metrics['steps']} steps: training {metrics['train_seconds']:.1f} s, {metrics['tokens_per_second']:,.0f} tokens/s, "
+              f"{metrics['data_wait_share']:.1%} of it waiting for data; {len(metrics['evaluations'])} evaluation(s) "
+              f"{metrics['eval_seconds']:.1f} s; {metrics['bytes_per_stored_token']:.2f} bytes per stored token")
         print(f"sample:\n{metrics['sample']}")
         print(f"model, tokenizer, metrics.json and sample.txt in {args.output_dir}")
     accelerator.wait_for_everyone()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Check ``args`` and run; raises ``InputError`` (a ValueError) on bad input, before training.
+
+    Runs in this process (the tests call it): accelerate's process-wide state of an earlier run in this process (its
+    mixed precision, say) is reset first.
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return training_function(check_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    datasets.disable_progress_bars()
     args = parse_args(argv)
     try:
         run(args)

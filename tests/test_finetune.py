@@ -80,6 +80,34 @@ def test_data_paths_give_identical_losses_and_predictions(tiny_model_dir, ner_fi
     assert device["train_rows_seen"] == 80 and device["train_rows_per_s"] > 0
 
 
+def test_plan_file_naming_input_ids_alone(tiny_model_dir, ner_files, tmp_path):
+    """A plan of input_ids alone (issue 13, 0b: it ended in a TypeError, the batches held no labels, so no loss): the other
+    columns are kept as datasets stores them and reach the model padded as the collator pads them, so the run trains as
+    the default path does, and the bytes saved are those of input_ids alone (int32 -> uint16: 2 bytes a token)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"input_ids": {"storage": "uint16", "compute": "int64", "pad": 0}}))
+    argv = ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "1")
+    default = run([*argv, "--plan", "datasets-default"])
+    partial = run([*argv, "--plan", str(plan)])
+    assert partial["step_losses"] == default["step_losses"]
+    assert partial["validation"] == default["validation"]
+    assert partial["batch_dtypes"] == {"input_ids": "uint16", "token_type_ids": "int8", "attention_mask": "int8", "labels": "int64"}
+    assert partial["plan"]["labels"] == {"storage": "int64", "pad": -100}
+    tokens = sum(len(row) for row in finetune.prepare_data(finetune.check_args(parse(argv))).tokenized["train"]["input_ids"])
+    assert partial["plan_bytes_saved"] == 2 * tokens
+
+
+def test_mixed_precision_is_the_launchers_unless_the_flag_is_given(tiny_model_dir, ner_files, monkeypatch, capsys):
+    """`accelerate launch --mixed_precision bf16 finetune.py` sets ACCELERATE_MIXED_PRECISION=bf16: the run trains in bf16
+    (the flag's old default 'no' overrode it) and says so in its first line; --mixed_precision, when given, wins."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    argv = ner_argv(tiny_model_dir, ner_files, "--max_train_steps", "1", "--cpu")
+    assert run(argv)["mixed_precision"] == "bf16"
+    assert capsys.readouterr().out.splitlines()[0] == "device cpu, 1 process, mixed precision bf16 (from accelerate launch)"
+    assert run([*argv, "--mixed_precision", "no"])["mixed_precision"] == "no"
+    assert capsys.readouterr().out.splitlines()[0] == "device cpu, 1 process, mixed precision no (from --mixed_precision)"
+
+
 def test_metrics_json_and_saved_model(tiny_model_dir, ner_files, tmp_path):
     """The output folder holds a loadable model with the label names, the tokenizer, metrics.json, the predictions and
     TensorBoard events; --eval_only on the saved model gives the same scores and predictions."""
@@ -151,11 +179,17 @@ def test_help_shows_defaults_and_the_sample():
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
-def test_run_without_output_dir_writes_to_the_default_folder_and_says_so(tiny_model_dir, ner_files, tmp_path):
-    """In a fresh folder: outputs/finetune gets metrics.json, the model and the predictions; the console has one aligned
-    line per epoch, one line on the new classifier head instead of transformers' load report, and where things went."""
-    done = run_script([*ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "1")], tmp_path)
+def test_run_without_output_dir_writes_to_the_default_folder_and_logs_plain_lines(tiny_model_dir, ner_files, tmp_path):
+    """In a fresh folder: outputs/finetune gets metrics.json, the model and the predictions. Its output, to pipes (not a
+    terminal), is plain lines (issue 13): where it runs first, a step line every --logging_steps steps, one aligned line per
+    epoch, one line on the new classifier head instead of transformers' load report, and where things went; no bar frame."""
+    done = run_script([*ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "1", "--logging_steps", "2")], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "\r" not in done.stdout + done.stderr
+    assert re.fullmatch(r"device \S+, 1 process, mixed precision no \(from the default\)", done.stdout.splitlines()[0])
+    steps = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split("  ")[:2] for line in steps] == [["step 2/5", "epoch 0.40"], ["step 4/5", "epoch 0.80"]], steps
+    assert all(re.fullmatch(r"step \d/5  epoch \d\.\d\d  loss \d\.\d{4}  lr \d\.\d\de-\d\d", line) for line in steps), steps
     out = tmp_path / "outputs" / "finetune"
     for name in ("metrics.json", "predictions_validation.json", "config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file(), name
@@ -237,12 +271,14 @@ def test_torchrun_two_processes_and_accelerate_launch_evaluation(tiny_model_dir,
     assert metrics["completed_steps"] == 6  # 40 rows over 2 processes in batches of 8: 3 steps per epoch
     assert len(json.loads((out / "predictions_validation.json").read_text())) == 20
     assert done.stdout.count("epoch 2/2  train loss") == 1  # printed by the main process only
+    assert done.stdout.splitlines()[0] == "device cpu, 2 processes, mixed precision no (from the default)"
 
     single = tmp_path / "single"
     launch = ("-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no")
     done = run_script([*ner_argv(out, ner_files, test=True), "--eval_only", "--output_dir", str(single)], ROOT, launcher=launch)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[0] == "device cpu, 1 process, mixed precision no (from accelerate launch)"
     evaluated = json.loads((single / "eval_metrics.json").read_text())
     assert evaluated["num_processes"] == 1
     for split in ("validation", "test"):

@@ -5,8 +5,11 @@ Offline and small: the first 30,000 characters of the committed tiny Shakespeare
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import pretrain  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "tinyshakespeare" / "input.txt"
+SCRIPT = str(ROOT / "scripts" / "pretrain.py")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +31,14 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
-def _run(corpus: Path, output: Path, *extra: str) -> dict:
-    argv = ["--train_file", str(corpus), "--output_dir", str(output), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+def _argv(corpus: Path, output: Path, *extra: str) -> list[str]:
+    return ["--train_file", str(corpus), "--output_dir", str(output), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
             "--block_size", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
             "--max_train_steps", "12", "--eval_every", "6", "--dropout", "0.1", "--sample_tokens", "40", *extra]  # 40 > block
-    return pretrain.run(pretrain.parse_args(argv))
+
+
+def _run(corpus: Path, output: Path, *extra: str) -> dict:
+    return pretrain.run(pretrain.parse_args(_argv(corpus, output, *extra)))
 
 
 def test_run_clm_data_path_and_hf_dtype_give_identical_losses(corpus, tmp_path):
@@ -65,6 +73,60 @@ def test_bpe_tokenizer_and_bits_per_character(corpus, tmp_path):
     char = _run(corpus, tmp_path / "char")
     assert bpe["vocab_size"] == 300 and bpe["plan"]["input_ids"]["storage"] == "uint16"
     assert bpe["bits_per_character"] > 0 and char["bits_per_character"] > 0
+
+
+def test_tokens_per_second_and_data_wait_count_the_training_steps_only(corpus, tmp_path, monkeypatch):
+    """Evaluations are timed apart (issue 13: a 40-step run reported 180 tokens/s): two evaluations slowed by 0.5 s each
+    move eval_seconds, not train_seconds, tokens/s or the share of time waiting for data."""
+    evaluate = pretrain.evaluate
+
+    def slow_evaluate(*args):
+        time.sleep(0.5)
+        return evaluate(*args)
+
+    monkeypatch.setattr(pretrain, "evaluate", slow_evaluate)
+    start = time.perf_counter()
+    metrics = _run(corpus, tmp_path / "out", "--sample_tokens", "0")
+    wall = time.perf_counter() - start
+    assert [evaluation["step"] for evaluation in metrics["evaluations"]] == [6, 12]
+    assert all(evaluation["seconds"] >= 0.5 for evaluation in metrics["evaluations"])
+    assert metrics["eval_seconds"] == pytest.approx(sum(evaluation["seconds"] for evaluation in metrics["evaluations"]))
+    assert metrics["train_seconds"] + metrics["eval_seconds"] < wall
+    assert metrics["train_seconds"] < wall - 1.0
+    assert metrics["tokens_per_second"] == pytest.approx(12 * 8 * 32 / metrics["train_seconds"])  # 12 steps of 8 blocks of 32
+
+
+def test_log_redirected_to_a_file_has_plain_lines_only(corpus, tmp_path):
+    """Output to a file (issue 13: 3,900 bar frames in a default run): no carriage return, one line on where the run runs,
+    a step line every --logging_steps steps and one per evaluation, and no transformers warning about loss_type."""
+    log = tmp_path / "log.txt"
+    with open(log, "w", encoding="utf-8") as file:
+        done = subprocess.run([sys.executable, SCRIPT, *_argv(corpus, tmp_path / "out", "--logging_steps", "4")], stdout=file,
+                              stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV}, timeout=300)
+    text = log.read_text(encoding="utf-8")
+    assert done.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert "loss_type" not in text
+    lines = text.splitlines()
+    assert re.fullmatch(r"device \S+, 1 process, mixed precision no \(from the default\)", lines[0]), lines[0]
+    steps = [line for line in lines if line.startswith("step ")]
+    train, validation = r"  loss \d\.\d{4}  lr \d\.\d\de-\d\d  [\d,]+ tokens/s", r"  validation loss \d\.\d{4}  \(\d+\.\d s\)"
+    expected = [f"step  4/12{train}", f"step  6/12{validation}", f"step  8/12{train}", f"step 12/12{train}", f"step 12/12{validation}"]
+    assert len(steps) == len(expected) and all(re.fullmatch(e, line) for e, line in zip(expected, steps, strict=True)), steps
+    summary = next(line for line in lines if line.startswith("validation loss"))
+    assert re.match(r"validation loss \d\.\d{4} .* after 12 steps: training \d+\.\d s, [\d,]+ tokens/s, .*; 2 evaluation", summary)
+
+
+def test_mixed_precision_is_the_launchers_unless_the_flag_is_given(corpus, tmp_path, monkeypatch, capsys):
+    """`accelerate launch --mixed_precision bf16 pretrain.py` sets ACCELERATE_MIXED_PRECISION: the run takes it (the flag's
+    old default 'no' overrode it) and says so first; --mixed_precision, when given, wins."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    launched = _run(corpus, tmp_path / "launched", "--cpu", "--max_train_steps", "2", "--sample_tokens", "0")
+    assert launched["mixed_precision"] == "bf16"
+    assert capsys.readouterr().out.splitlines()[0] == "device cpu, 1 process, mixed precision bf16 (from accelerate launch)"
+    flagged = _run(corpus, tmp_path / "flagged", "--cpu", "--max_train_steps", "2", "--sample_tokens", "0", "--mixed_precision", "no")
+    assert flagged["mixed_precision"] == "no"
+    assert capsys.readouterr().out.splitlines()[0] == "device cpu, 1 process, mixed precision no (from --mixed_precision)"
 
 
 @pytest.mark.parametrize(("extra", "match"), [
