@@ -9,17 +9,21 @@ from .collator import PaddingCollator
 from .dtypes import LossyCastError
 from .formatting import DtypeTransform
 from .infer import infer_plan
+from .layouts import Blocks, Flat, Padded
 from .loader import dataloader
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
 from .storage import compact
 
 __all__ = [
+    "Blocks",
     "ColumnDtype",
     "DtypePlan",
     "DtypeTrainer",
     "DtypeTransform",
+    "Flat",
     "LossyCastError",
+    "Padded",
     "PaddingCollator",
     "compact",
     "dataloader",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,9 +22,11 @@ from .convert import narrows, numpy_dtype, to_compute, to_dtype
 from .dtypes import dtype_name, float32_to_bfloat16_bits, integer_range
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
 
+if TYPE_CHECKING:
+    from .layouts import Padded
+
 __all__ = [
-    "PADDING_SIDES", "WIDEN_MODES", "Batch", "PadOptions", "RowNames", "Rows", "Spec", "assemble", "column_spec", "length_mask",
-    "pad_rows", "served",
+    "PADDING_SIDES", "WIDEN_MODES", "Batch", "RowNames", "Rows", "Spec", "assemble", "column_spec", "length_mask", "pad_rows", "served",
 ]
 
 PADDING_SIDES = ("right", "left")
@@ -56,49 +58,6 @@ class Batch(dict):
 
 def _rebuild_batch(items: dict[str, Any], plan: DtypePlan | None) -> Batch:
     return Batch(items, plan=plan)
-
-
-def _positive_or_none(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
-        raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
-
-
-@dataclass(frozen=True)
-class PadOptions:
-    """How a batch is padded and served; checked once, when built.
-
-    Args:
-        pad_to_multiple_of: round the padded width up to a multiple of this (8 for tensor cores).
-        max_length: pad every batch to this width (rounded up to ``pad_to_multiple_of``), as the
-            ``transformers`` collators do with ``padding="max_length"``; a longer row is an error
-            (truncate when tokenizing: ``tokenizer(..., truncation=True, max_length=...)``).
-        padding_side: ``"right"`` (pad after the values) or ``"left"`` (pad before them).
-        widen: ``"device"`` keeps the storage dtypes (widen after the transfer with ``plan.widen``),
-            ``"cpu"`` serves the compute dtypes.
-    """
-
-    pad_to_multiple_of: int | None = None
-    max_length: int | None = None
-    padding_side: str = "right"
-    widen: str = "device"
-
-    def __post_init__(self) -> None:
-        _positive_or_none("pad_to_multiple_of", self.pad_to_multiple_of)
-        _positive_or_none("max_length", self.max_length)
-        if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}; got {self.padding_side!r}.")
-        if self.widen not in WIDEN_MODES:
-            raise ValueError(f"widen must be one of {WIDEN_MODES} ('device': storage dtypes, widen after the transfer with "
-                             f"plan.widen; 'cpu': compute dtypes); got {self.widen!r}.")
-
-    def width(self, lengths: np.ndarray) -> int:
-        """The padded width of rows of ``lengths``: the longest, rounded up to ``pad_to_multiple_of``."""
-        width = int(lengths.max()) if len(lengths) else 0
-        if self.max_length is not None:
-            width = self.max_length
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return width
 
 
 _COLUMNS = np.arange(4096)
@@ -221,9 +180,10 @@ def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequen
     return to_dtype(values, entry.storage or "bool", "torch", storage=True, **options)
 
 
-def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadOptions,
+def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: Padded,
              rows: Sequence[int] | RowNames) -> dict[str, torch.Tensor]:
-    """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and ``options``.
+    """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and the bound
+    ``Padded`` layout ``options`` (its widths and side, and ``widen``).
 
     List columns whose rows have the same lengths (``input_ids`` and ``labels``) share one mask; ``rows``
     name the batch's rows (dataset row numbers) in range errors.

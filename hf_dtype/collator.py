@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batching import PadOptions, RowNames, Rows, assemble
+from .batching import WIDEN_MODES, RowNames, Rows
 from .dtypes import to_torch
+from .layouts import Padded
 from .plan import DtypePlan, as_plan
 
 __all__ = ["PaddingCollator", "pad_batch"]
@@ -63,41 +64,22 @@ def pad_batch(rows: Sequence[Mapping[str, Any]], plan: DtypePlan | Mapping, *, p
               max_length: int | None = None, padding_side: str = "right", widen: str = "cpu") -> dict[str, Any]:
     """Pad ``rows`` (dicts of lists, numpy arrays or tensors) into one batch of tensors, per the plan.
 
-    List values are padded to the longest row (rounded up to ``pad_to_multiple_of``) with their
-    column's pad value; numbers become a 1-D tensor; derived columns missing from the rows are
-    rebuilt from their source's row lengths; text stays a list. ``widen="cpu"`` gives the compute
-    dtypes, ``"device"`` the storage dtypes (range-checked). ``label`` / ``label_ids`` become ``labels``.
+    List values are padded to the longest row (rounded up to ``pad_to_multiple_of``, or to
+    ``max_length``) with their column's pad value; numbers become a 1-D tensor; derived columns missing
+    from the rows are rebuilt from their source's row lengths; text stays a list. ``widen="cpu"`` gives
+    the compute dtypes, ``"device"`` the storage dtypes (range-checked). ``label`` / ``label_ids`` become ``labels``.
     """
-    plan = as_plan(plan)
-    options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
-    if not rows:
-        return {}
-    names = list(rows[0])
-    missing = next(((i, name) for i, row in enumerate(rows) for name in names if name not in row), None)
-    if missing is not None:
-        raise ValueError(f"Row {missing[0]} has no {missing[1]!r}; every row needs the keys of the first row {names}.")
-    columns, text = {}, {}
-    for name in names:
-        values = [row[name] for row in rows]
-        first = values[0]
-        if isinstance(first, (str, bytes)) or (isinstance(first, (list, tuple)) and first and isinstance(first[0], str)):
-            text[name] = values
-        else:
-            columns[name] = _rows_of(name, values)
-    sequences = [name for name, column in columns.items() if column.starts is not None]
-    plan = plan.resolve(sequences)
-    names = [*names, *(name for name in plan.derived if name not in names)]
-    batch = assemble(columns, plan, names, options, RowNames("{i} of the batch"))
-    return {**batch, **text}
+    return PaddingCollator(plan, pad_to_multiple_of=pad_to_multiple_of, max_length=max_length, padding_side=padding_side,
+                           widen=widen)(rows)
 
 
 class PaddingCollator:
-    """A ``collate_fn`` for a row-wise ``DataLoader``: a vectorized drop-in for ``DataCollatorWithPadding``
-    and ``DataCollatorForTokenClassification``, padding each column with its plan's pad value.
+    """A ``collate_fn`` for a row-wise ``DataLoader``: the ``Padded`` layout applied to rows given, a vectorized drop-in for
+    ``DataCollatorWithPadding`` and ``DataCollatorForTokenClassification``, padding each column with its plan's pad value.
 
     Args:
         plan: the dtype plan (pad values, compute and storage dtypes, derived columns).
-        pad_to_multiple_of, max_length, padding_side: as in ``hf_dtype.dataloader``.
+        pad_to_multiple_of, max_length, padding_side: as in ``hd.Padded`` (and the transformers collators).
         widen: ``"cpu"`` (default) for compute dtypes, ``"device"`` for storage dtypes.
     """
 
@@ -105,13 +87,31 @@ class PaddingCollator:
                  padding_side: str = "right", widen: str = "cpu") -> None:
         if plan is None:
             raise ValueError("PaddingCollator needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
+        if widen not in WIDEN_MODES:
+            raise ValueError(f"widen must be one of {WIDEN_MODES} ('device': storage dtypes, 'cpu': compute dtypes); got {widen!r}.")
         self.plan = as_plan(plan)
-        self.options = PadOptions(pad_to_multiple_of, max_length, padding_side, widen)
+        self.layout = Padded(pad_to_multiple_of, max_length, padding_side)
+        self.widen = widen
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        options = self.options
-        return pad_batch(rows, self.plan, pad_to_multiple_of=options.pad_to_multiple_of, max_length=options.max_length,
-                         padding_side=options.padding_side, widen=options.widen)
+        if not rows:
+            return {}
+        names = list(rows[0])
+        missing = next(((i, name) for i, row in enumerate(rows) for name in names if name not in row), None)
+        if missing is not None:
+            raise ValueError(f"Row {missing[0]} has no {missing[1]!r}; every row needs the keys of the first row {names}.")
+        columns, text = {}, {}
+        for name in names:
+            values = [row[name] for row in rows]
+            first = values[0]
+            if isinstance(first, (str, bytes)) or (isinstance(first, (list, tuple)) and first and isinstance(first[0], str)):
+                text[name] = values
+            else:
+                columns[name] = _rows_of(name, values)
+        plan = self.plan.resolve([name for name, column in columns.items() if column.starts is not None])
+        names = [*names, *(name for name in plan.derived if name not in names)]
+        layout = self.layout.bind_rows(plan, columns, names, self.widen)
+        return {**layout(columns, RowNames("{i} of the batch")), **text}
 
     def __repr__(self) -> str:
-        return f"PaddingCollator({self.plan!r}, {self.options})"
+        return f"PaddingCollator({self.plan!r}, {self.layout!r}, widen={self.widen!r})"

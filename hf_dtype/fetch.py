@@ -11,109 +11,21 @@ workers as they are.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch
 from datasets import Dataset
 
-from .arrow import ArrowColumn, arrow_leaf_dtype, list_depth
-from .batching import PadOptions, Rows, assemble
-from .packing import BlockIndex, cut_blocks, flatten_rows
-from .plan import ColumnDtype, DtypePlan
+from .arrow import ArrowColumn
+from .batching import Rows
+from .layouts import Blocks, Layout, Padded
+from .packing import BlockIndex
+from .plan import DtypePlan
 
-__all__ = ["BatchFetcher", "BlockFetcher", "Blocks", "Flat", "Padded", "batch_plan"]
-
-logger = logging.getLogger(__name__)
-
-
-def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
-    """The plan a loader serves (unplanned requested columns added as stored) and the columns it batches, checked.
-
-    By default every column of numbers or lists of numbers that the dataset (of ``schema``) holds,
-    planned or not (a plan that names some columns does not drop the others: the model still gets its
-    ``attention_mask``), and every derived column whose source it holds; other columns (text,
-    lists of lists) are left out, which the log says.
-    """
-    depth = {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
-    plan = plan.resolve([name for name, d in depth.items() if d == 1])
-    derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
-    if columns is None:
-        chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
-        chosen += [name for name in schema.names if name not in plan and depth.get(name) in (0, 1)]
-        left_out = [name for name in schema.names if name not in chosen]
-        if left_out:
-            logger.info("Columns %s are not batched: only numbers and lists of numbers are (name the columns with columns=).",
-                        left_out)
-    else:
-        chosen = [columns] if isinstance(columns, str) else list(columns)
-        unknown = [name for name in chosen if name not in schema.names and name not in derived]
-        if unknown:
-            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
-                             f"or derived columns of the plan {sorted(derived)}.")
-    entries = dict(plan.columns)
-    for name in chosen:
-        if name in derived:
-            source = derived[name].lengths_from
-            if depth.get(source) != 1:
-                what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
-                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
-        elif depth.get(name) not in (0, 1):
-            what = "lists of lists" if name in depth else f"{schema.field(name).type} values"
-            hint = "" if columns is not None else "; leave it out with columns=[...]"
-            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
-        elif name not in entries:
-            entries[name] = ColumnDtype(storage=arrow_leaf_dtype(schema.field(name).type))
-    return DtypePlan(entries), chosen
-
-
-@dataclasses.dataclass(frozen=True)
-class Padded:
-    """The padded layout: ``columns`` (and derived ones) padded to each batch's longest row."""
-
-    plan: DtypePlan
-    names: list[str]
-    options: PadOptions
-
-    def __call__(self, columns: dict[str, Rows], rows: Sequence[Any]) -> dict[str, torch.Tensor]:
-        return assemble(columns, self.plan, self.names, self.options, rows)
-
-
-@dataclasses.dataclass(frozen=True)
-class Flat:
-    """The padding-free layout: a batch of rows as one row (``DataCollatorWithFlattening``'s)."""
-
-    plan: DtypePlan
-    token: str
-    labels: str | None
-    widen: str
-    flash_attn_kwargs: bool
-
-    def __call__(self, columns: dict[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
-        return flatten_rows(columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
-                            flash_attn_kwargs=self.flash_attn_kwargs, rows=rows)
-
-
-@dataclasses.dataclass(frozen=True)
-class Blocks:
-    """The blocks layout: ``block_size`` tokens of the rows laid end to end (``run_clm.py``'s ``group_texts``)."""
-
-    plan: DtypePlan
-    token: str
-    labels: str | None
-    block_size: int
-    separator: int | None
-    widen: str
-    document_positions: bool
-    group_rows: int | None = None
-
-    def cut(self, index: BlockIndex, blocks: np.ndarray, columns: dict[str, Rows]) -> dict[str, torch.Tensor]:
-        return cut_blocks(index, blocks, columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
-                          document_positions=self.document_positions)
+__all__ = ["BatchFetcher", "BlockFetcher"]
 
 
 class _Read(NamedTuple):
@@ -177,13 +89,12 @@ class BatchFetcher:
 
     Args:
         dataset: the dataset, read in place.
-        read: the stored columns to read (derived columns' sources included).
-        layout: a ``Padded`` or ``Flat`` layout; its ``plan`` is the plan of the batches.
+        layout: a bound ``Padded`` or ``Flat`` layout; its ``plan`` is the plan of the batches, its ``read`` the columns read.
     """
 
-    def __init__(self, dataset: Dataset, read: Sequence[str], layout: Padded | Flat) -> None:
+    def __init__(self, dataset: Dataset, layout: Layout) -> None:
         self.dataset = dataset
-        self.read = list(read)
+        self.read = list(layout.read)
         self.layout = layout
         self._reader: _Reader | None = None
 
@@ -209,7 +120,8 @@ class BatchFetcher:
         """Row ``index`` as a batch of one without its batch dimension (and without rounding its width up)."""
         layout = self.layout
         if isinstance(layout, Padded):
-            layout = dataclasses.replace(layout, options=dataclasses.replace(layout.options, pad_to_multiple_of=None))
+            layout = copy.copy(layout)
+            layout.pad_to_multiple_of = layout.max_length = None
         return {name: value[0] if torch.is_tensor(value) and value.ndim else value for name, value in self.batch([index], layout).items()}
 
 
@@ -218,7 +130,7 @@ class BlockFetcher:
 
     Args:
         dataset: the dataset, read in place, its rows in the order it is seen.
-        layout: the ``Blocks`` layout.
+        layout: the bound ``Blocks`` layout.
     """
 
     def __init__(self, dataset: Dataset, layout: Blocks) -> None:
@@ -238,13 +150,12 @@ class BlockFetcher:
         """Every row of the stream, in order: where its values lie (per column) and where its tokens start in the stream."""
         if self._rows is None:
             layout = self.layout
-            names = [layout.token] + ([layout.labels] if layout.labels else [])
-            columns = _Reader(self.dataset, names).read(np.arange(len(self.dataset)))
+            columns = _Reader(self.dataset, layout.read).read(np.arange(len(self.dataset)))
             lengths = columns[layout.token].lengths
             if layout.labels is not None and not np.array_equal(columns[layout.labels].lengths, lengths):
                 raise ValueError(f"Column {layout.labels!r} has rows of other lengths than {layout.token!r}; blocks need one label "
                                  "per token.")
-            self._rows = BlockIndex(lengths.astype(np.int64), layout.block_size, layout.separator, layout.group_rows), columns
+            self._rows = layout.index(lengths), columns
         return self._rows
 
     def __len__(self) -> int:

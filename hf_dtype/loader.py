@@ -31,10 +31,9 @@ from accelerate.state import GradientState
 from datasets import Dataset, IterableDataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from .arrow import arrow_leaf_dtype, list_depth
-from .batching import WIDEN_MODES, Batch, PadOptions
-from .fetch import BatchFetcher, BlockFetcher, Blocks, Flat, Padded, batch_plan
-from .packing import PACKINGS, check_separator, packed_plan
+from .batching import WIDEN_MODES, Batch
+from .fetch import BatchFetcher, BlockFetcher
+from .layouts import Blocks, Layout, Padded, check_count
 from .plan import DtypePlan, as_plan
 from .recording import NO_PLAN, plan_of
 from .streams import StreamBatches, StreamDataLoader, process_rank, split_stream
@@ -230,161 +229,116 @@ class ArrowDataLoader(DataLoaderStateMixin, DataLoader):
         self.batch_sampler.sampler.load_state_dict(state)
 
 
-def _check_int(name: str, value: Any, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (positive and value <= 0):
-        raise ValueError(f"{name} must be {'a positive integer' if positive else 'an integer'}; got {value!r}.")
+_MOVED_TO_LAYOUTS = {
+    "pad_to_multiple_of": "layout=hd.Padded(pad_to_multiple_of={value!r})",
+    "max_length": "layout=hd.Padded(max_length={value!r})",
+    "padding_side": "layout=hd.Padded(padding_side={value!r})",
+    "packing": "layout=hd.Blocks(block_size) or layout=hd.Flat()",
+    "block_size": "layout=hd.Blocks({value!r})",
+    "separator": "layout=hd.Blocks(block_size, separator_id={value!r})",
+    "document_positions": "layout=hd.Blocks(block_size, document_positions={value!r})",
+    "group_rows": "layout=hd.Blocks(block_size, group_rows={value!r})",
+    "flash_attn_kwargs": "layout=hd.Flat(return_flash_attn_kwargs={value!r})",
+}
 
 
-def _packed_columns(schema: pa.Schema, columns: Sequence[str] | str | None, packing: str) -> tuple[str, str | None]:
-    """The token column of a packed loader and its label column (token classification), checked."""
-    lists = [field.name for field in schema if list_depth(field.type) == 1 and arrow_leaf_dtype(field.type) is not None]
-    names = [columns] if isinstance(columns, str) else list(columns or [])
-    token = names[0] if names else "input_ids"
-    labels = names[1] if len(names) > 1 else (None if names else next((n for n in ("labels", "label_ids") if n in lists), None))
-    for name in (token, labels):
-        if name is not None and name not in lists:
-            raise ValueError(f"packing={packing!r} needs list columns of numbers: {name!r} is not one; the dataset's list columns "
-                             f"are {lists} (name the token column, and the label column if any, with columns=).")
-    return token, labels
-
-
-def _layout(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, options: PadOptions, packing: str | None,
-            block_size: int | None, separator: int | None, document_positions: bool,
-            flash_attn_kwargs: bool, group_rows: int | None = None) -> tuple[Padded | Flat | Blocks, list[str]]:
-    """The layout of the batches, its options checked, and the stored columns to read for it."""
-    if packing not in (None, *PACKINGS):
-        raise ValueError(f"packing must be None (padded rows), 'blocks' or 'flat'; got {packing!r}.")
-    given = {"block_size": block_size is not None, "separator": separator is not None, "document_positions": document_positions,
-             "group_rows": group_rows is not None}
-    misplaced = [name for name, used in given.items() if used and packing != "blocks"]
-    misplaced += ["flash_attn_kwargs"] if flash_attn_kwargs and packing != "flat" else []
-    misplaced += [name for name in ("pad_to_multiple_of", "max_length") if packing and getattr(options, name) is not None]
-    if misplaced:
-        raise ValueError(f"{misplaced} do not apply to packing={packing!r}: block_size, separator, document_positions and "
-                         "group_rows are for 'blocks', flash_attn_kwargs for 'flat', pad_to_multiple_of and max_length for padded "
-                         "batches (None).")
-    if packing is None:
-        served_plan, names = batch_plan(schema, plan, columns)
-        sources = [served_plan[name].lengths_from for name in names if name not in schema.names]
-        return Padded(served_plan, names, options), list(dict.fromkeys([*(name for name in names if name in schema.names), *sources]))
-    token, labels = _packed_columns(schema, columns, packing)
-    read = [token] + ([labels] if labels else [])
-    plan, _ = batch_plan(schema, plan, read)
-    if packing == "flat":
-        return Flat(packed_plan(plan, token, labels, positions=None), token, labels, options.widen, bool(flash_attn_kwargs)), read
-    _check_int("block_size", block_size, positive=True)
-    if group_rows is not None:
-        _check_int("group_rows", group_rows, positive=True)
-    check_separator(separator, plan[token], token)
-    return Blocks(packed_plan(plan, token, labels, positions=block_size - 1), token, labels, block_size, separator, options.widen,
-                  bool(document_positions), group_rows), read
+def _check_moved(options: Mapping[str, Any]) -> None:
+    """The keywords that became layout options end in one line that shows the new form."""
+    moved = [name for name in _MOVED_TO_LAYOUTS if name in options]
+    if moved:
+        forms = "; ".join(f"{name}= -> {_MOVED_TO_LAYOUTS[name].format(value=options[name])}" for name in moved)
+        raise TypeError(f"dataloader takes the batch layout as an object now: {forms} (e.g. hd.dataloader(ds, 32, "
+                        f"layout=hd.Padded(pad_to_multiple_of=8))).")
 
 
 def dataloader(
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     batch_size: int,
     *,
+    layout: Layout | None = None,
     shuffle: bool = False,
     drop_last: bool = False,
     seed: int | None = 0,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    pad_to_multiple_of: int | None = None,
-    max_length: int | None = None,
-    padding_side: str = "right",
     widen: str = "auto",
     plan: DtypePlan | Mapping | None = None,
     columns: Sequence[str] | str | None = None,
-    packing: str | None = None,
-    block_size: int | None = None,
-    separator: int | None = None,
-    document_positions: bool = False,
-    group_rows: int | None = None,
-    flash_attn_kwargs: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
     buffer_size: int = 1000,
     **dataloader_kwargs: Any,
 ) -> ArrowDataLoader | StreamDataLoader:
-    """A ``DataLoader`` of batches of ``dataset`` gathered from its Arrow buffers, vectorized: padded, packed or flat.
+    """A ``DataLoader`` of batches of ``dataset`` gathered from its Arrow buffers, vectorized, in the ``layout`` given.
 
     Args:
         dataset: a ``datasets.Dataset``, usually compacted; ``shuffle`` / ``select`` / ``filter``
             views and memory-mapped, multi-file datasets are read in place, never copied. Or a
-            stream (``IterableDataset``): see ``streams.py``.
-        batch_size: rows (blocks, for ``packing="blocks"``) per batch.
+            stream (``IterableDataset``), split by the user already or not: see ``streams.py``.
+        batch_size: rows (blocks, for ``hd.Blocks``) per batch.
+        layout: ``hd.Padded(...)`` (the default: rows padded as the collators pad them),
+            ``hd.Blocks(block_size, ...)`` (``run_clm.py``'s blocks) or ``hd.Flat(...)`` (padding-free rows).
         shuffle, drop_last: as in ``DataLoader``; the order is the permutation of ``seed + epoch``
             (a stream: ``datasets``' buffer shuffle of ``buffer_size`` rows, with ``seed``).
         seed: the seed of the order (the same on every process); ``None`` draws one from torch's
-            global generator when the loader is made (process 0's, under ``accelerate``), as a
+            global generator when the loader is made (process 0's under several processes), as a
             ``DataLoader`` without a generator draws its order.
-        num_workers, pin_memory: as in ``DataLoader``.
-        pad_to_multiple_of, max_length, padding_side: how padded batches are padded (``packing=None``):
-            to the longest row rounded up to ``pad_to_multiple_of``, or to ``max_length`` (which
-            truncates nothing: a longer row is an error, as with the collators' ``padding="max_length"``).
         widen: where storage dtypes become compute dtypes. ``"auto"``: on ``accelerate``'s device
             when it is a GPU (the storage bytes cross, the loader moves and widens each batch), else on
             the CPU: batches come out in compute dtypes either way. ``"device"``: batches in storage
             dtypes, widened by ``batch.to(device)`` or ``loader.plan.widen(batch)``. ``"cpu"``: compute dtypes.
         plan: the dtype plan; ``None`` reads the one ``compact`` recorded in ``dataset``.
-        columns: padded batches: the columns to batch (default: every column of numbers or lists of
-            numbers, planned or not, and the plan's derived columns). Packed batches: the token column, and the label column of token
-            classification (default: ``input_ids``, and ``labels`` if the dataset has it).
-        packing: ``None`` (padded rows), ``"blocks"`` (``block_size`` tokens of the rows laid end to
-            end, as ``run_clm.py``'s ``group_texts``) or ``"flat"`` (each batch as one row, as
-            ``DataCollatorWithFlattening``). Packed batches need ``model.config.use_cache = False``.
-        block_size, separator, document_positions: for ``"blocks"``: the block length, a token id
-            appended after each row, and ``position_ids`` that restart at every row start.
-        group_rows: for ``"blocks"``: cut each run of this many rows on its own, each dropping its
-            remainder: ``group_rows=1000`` gives the very blocks of ``run_clm.py`` (its ``group_texts``
-            runs per ``map`` batch of 1,000 rows); None (default) cuts the whole split as one stream.
-        flash_attn_kwargs: for ``"flat"``: add ``cu_seq_lens_q/k`` and ``max_length_q/k``.
+        columns: the columns to batch (default: every column of numbers or lists of numbers,
+            planned or not, and the plan's derived columns). Packed layouts name theirs themselves.
+        num_workers, pin_memory: as in ``DataLoader``.
         buffer_size: the shuffle buffer of a stream.
         **dataloader_kwargs: passed on to ``DataLoader`` (``multiprocessing_context``,
             ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ``generator``, ...).
 
     Returns:
-        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a ``Batch``, a dict of tensors (padded:
-        ``(batch, width)`` and ``(batch,)``, with ``label`` / ``label_ids`` renamed ``labels``) whose ``to(device)`` moves
-        and widens it in place, as ``BatchEncoding.to`` moves.
+        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a ``Batch``, a dict of tensors whose
+        ``to(device)`` moves and widens it in place, as ``BatchEncoding.to`` moves.
     """
     if not isinstance(dataset, (Dataset, IterableDataset)):
         raise TypeError(f"dataloader takes a datasets.Dataset or IterableDataset (one split); got {type(dataset).__name__}.")
-    _check_int("batch_size", batch_size, positive=True)
+    _check_moved(dataloader_kwargs)
+    check_count("batch_size", batch_size)
     seed = _drawn_seed() if seed is None else seed
-    _check_int("seed", seed, positive=False)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer or None; got {seed!r}.")
+    layout = Padded() if layout is None else layout
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout must be hd.Padded(...), hd.Blocks(...) or hd.Flat(...); got {type(layout).__name__}.")
     if widen not in ("auto", *WIDEN_MODES):
         raise ValueError(f"widen must be 'auto', 'device' or 'cpu' ('auto': compute dtypes, widened on accelerate's GPU after "
                          f"the transfer or on the CPU; 'device': storage dtypes, widened by batch.to(device); 'cpu': compute "
                          f"dtypes); got {widen!r}.")
-    widen_on_device = widen == "auto" and getattr(accelerate_device(), "type", "cpu") != "cpu"
     taken = sorted(set(dataloader_kwargs) & set(_SET_BY_DATALOADER))
     if taken:
         raise TypeError(f"dataloader sets {taken} itself; pass batch_size=, shuffle=, drop_last= as its own arguments.")
-    options = PadOptions(pad_to_multiple_of, max_length, padding_side, "device" if widen_on_device or widen == "device" else "cpu")
     plan = as_plan(plan) or plan_of(dataset)
     if plan is None:
         raise ValueError(NO_PLAN.replace(", pass plan= to Dataset.with_format, or apply hd.DtypeTransform(plan): ds.with_transform(...) "
                                          "on a Dataset, stream.map(..., batched=True) on a stream.", " or pass plan=."))
+    widen_on_device = widen == "auto" and getattr(accelerate_device(), "type", "cpu") != "cpu"
     stream = isinstance(dataset, IterableDataset)
     schema = _stream_schema(dataset) if stream else dataset.data.table.schema
-    layout, read = _layout(schema, plan, columns, options, packing, block_size, separator, document_positions, flash_attn_kwargs,
-                           group_rows)
+    layout = layout.bind(schema, plan, columns, "device" if widen_on_device or widen == "device" else "cpu")
     if stream:
-        if group_rows is not None:
+        if isinstance(layout, Blocks) and layout.group_rows is not None:
             raise ValueError("group_rows applies to a Dataset: a stream's blocks are cut as its rows arrive, over the whole stream.")
         if dataloader_kwargs.pop("generator", None) is not None:
             raise TypeError("A stream is shuffled by datasets (seed=, buffer_size=): it takes no generator.")
         stream = split_stream(dataset.shuffle(seed=seed, buffer_size=buffer_size) if shuffle else dataset)
-        return StreamDataLoader(StreamBatches(stream, read, layout, batch_size, drop_last, bool(shuffle)), batch_size=None,
+        return StreamDataLoader(StreamBatches(stream, layout, batch_size, drop_last, bool(shuffle)), batch_size=None,
                                 collate_fn=AsBatch(layout.plan), widen_on_device=widen_on_device, num_workers=num_workers,
                                 pin_memory=pin_memory, **dataloader_kwargs)
     if isinstance(layout, Blocks):
         fetcher = BlockFetcher(dataset, layout)
         if fetcher.num_blocks == 0:
             tokens = int(fetcher._stream()[0].stream[-1])
-            raise ValueError(f"block_size {block_size} is larger than the token stream of {layout.token!r} ({tokens} tokens over "
-                             f"{len(dataset)} rows): no block can be made; expected a block_size of at most {tokens}.")
+            raise ValueError(f"block_size {layout.block_size} is larger than the token stream of {layout.token!r} ({tokens} tokens "
+                             f"over {len(dataset)} rows): no block can be made; expected a block_size of at most {tokens}.")
     else:
-        fetcher = BatchFetcher(dataset, read, layout)
+        fetcher = BatchFetcher(dataset, layout)
     dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
     return ArrowDataLoader(
         fetcher,

@@ -28,12 +28,9 @@ from .batching import RowNames, Rows, column_spec, served
 from .dtypes import dtype_name, integer_range, smallest_integer_dtype
 from .plan import ColumnDtype, DtypePlan
 
-__all__ = ["PACKINGS", "BlockIndex", "cut_blocks", "flatten_rows", "packed_plan"]
+__all__ = ["BlockIndex", "check_separator", "cut_blocks", "flatten_rows", "label_entry", "packed_plan"]
 
-PACKINGS = ("blocks", "flat")
-
-
-def _labels_entry(entry: ColumnDtype) -> ColumnDtype:
+def label_entry(entry: ColumnDtype) -> ColumnDtype:
     """``entry`` for labels: -100 marks the positions the loss ignores, so the storage is one that holds it."""
     if entry.pad == -100:
         return entry
@@ -50,7 +47,7 @@ def packed_plan(plan: DtypePlan, token: str, labels: str | None, *, positions: i
     if labels is None and positions is not None:
         entries = {"input_ids": plan[token], "labels": plan[token]}
     else:
-        entries = {"input_ids": plan[token], "labels": _labels_entry(plan[labels if labels is not None else token])}
+        entries = {"input_ids": plan[token], "labels": label_entry(plan[labels if labels is not None else token])}
     storage = smallest_integer_dtype(0, positions) if positions is not None and positions < 2**16 else "int32"
     entries["position_ids"] = ColumnDtype(storage=storage, compute="int64")
     return DtypePlan(entries)
@@ -180,8 +177,8 @@ def check_separator(separator: int | None, entry: ColumnDtype, token: str) -> No
     if separator is None:
         return
     if isinstance(separator, bool) or not isinstance(separator, (int, np.integer)):
-        raise ValueError(f"separator must be a token id (an integer) or None; got {separator!r}.")
+        raise ValueError(f"separator_id must be a token id (an integer) or None; got {separator!r}.")
     low, high = integer_range(entry.storage if entry.storage != "bool" else dtype_name(np.dtype(bool)))
     if not low <= separator <= high:
-        raise ValueError(f"separator {separator} is not a token id of {token!r}, whose storage dtype {entry.storage} holds "
+        raise ValueError(f"separator_id {separator} is not a token id of {token!r}, whose storage dtype {entry.storage} holds "
                          f"[{low}, {high}]; expected an id of the vocabulary.")

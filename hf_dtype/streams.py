@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from .arrow import flatten_leaf
 from .batching import RowNames, Rows
+from .layouts import Blocks, Layout
 from .packing import BlockIndex
 
 __all__ = ["StreamBatches", "StreamDataLoader", "process_rank", "rows_of_table", "split_stream"]
@@ -69,12 +70,11 @@ def rows_of_table(table: pa.Table, names: Sequence[str]) -> dict[str, Rows]:
 class StreamBatches(torch.utils.data.IterableDataset):
     """The batches of one process's part of the stream (and of one worker's share of it)."""
 
-    def __init__(self, stream: IterableDataset, read: list[str], layout: Any, batch_size: int, drop_last: bool,
-                 shuffled: bool) -> None:
+    def __init__(self, stream: IterableDataset, layout: Layout, batch_size: int, drop_last: bool, shuffled: bool) -> None:
         self.stream = stream.with_format("arrow")  # the one object iterated, so that its epoch and position are the loader's
-        self.read, self.layout = read, layout
+        self.read, self.layout = list(layout.read), layout
         self.batch_size, self.drop_last, self.shuffled = batch_size, drop_last, shuffled
-        self.blocks = layout if hasattr(layout, "block_size") else None
+        self.blocks = layout if isinstance(layout, Blocks) else None
         self.process = process_rank()
         self.leftover: dict[str, np.ndarray] | None = None  # tokens read but not yet cut into a block (blocks only)
         self.position = 0  # batches handed out in the pass under way
@@ -132,7 +132,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
 
     def _lay_out(self, rows: dict[str, Rows]) -> dict[str, np.ndarray]:
         """A record batch's rows end to end (a separator after each, -100 in a label column), and where each row starts."""
-        separator, lengths = self.blocks.separator, rows[self.read[0]].lengths
+        separator, lengths = self.blocks.separator_id, rows[self.read[0]].lengths
         size = lengths + (separator is not None)
         bounds = np.zeros(len(size) + 1, dtype=np.int64)
         np.cumsum(size, out=bounds[1:])

@@ -22,6 +22,7 @@ import datasets
 import transformers
 
 from .infer import infer_plan
+from .layouts import Padded
 from .loader import dataloader
 from .plan import DtypePlan, as_plan
 from .recording import plan_of
@@ -36,9 +37,8 @@ class DtypeTrainer(transformers.Trainer):
 
     Args:
         *args, **kwargs: those of ``transformers.Trainer``.
-        dataloader_options: more arguments of ``hd.dataloader`` (``pad_to_multiple_of``, ``widen``,
-            ``packing``, ``block_size``, ``plan``, ...); batch sizes, seeds, workers and pinning come
-            from ``TrainingArguments``.
+        dataloader_options: more arguments of ``hd.dataloader`` (``layout=hd.Padded(pad_to_multiple_of=8)``,
+            ``widen``, ``plan``, ``columns``, ...); batch sizes, seeds, workers and pinning come from ``TrainingArguments``.
     """
 
     def __init__(self, *args: Any, dataloader_options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -66,7 +66,7 @@ class DtypeTrainer(transformers.Trainer):
         args = self.args
         plan = self._plan(dataset)
         options = {**self.dataloader_options, "plan": plan}
-        if args.remove_unused_columns and options.get("packing") is None and "columns" not in options:
+        if args.remove_unused_columns and isinstance(options.get("layout", Padded()), Padded) and "columns" not in options:
             self._set_signature_columns_if_needed()
             names = [*(dataset.column_names or []), *(name for name in plan.derived if name not in (dataset.column_names or []))]
             options["columns"] = [name for name in names if name in self._signature_columns]

@@ -226,8 +226,8 @@ def conll_loaders(tokenized, small, tokenizer, batch_size: int, pin: bool) -> di
     order = BatchSampler(EpochSampler(len(tokenized), shuffle=True, seed=0), batch_size, drop_last=False)
     return {
         "int64": DataLoader(tokenized.with_format("torch"), batch_sampler=order, collate_fn=collator, pin_memory=pin),
-        "storage": hd.dataloader(small, batch_size, shuffle=True, seed=0, widen="device", pad_to_multiple_of=PAD_TO_MULTIPLE_OF,
-                                 pin_memory=pin),
+        "storage": hd.dataloader(small, batch_size, layout=hd.Padded(pad_to_multiple_of=PAD_TO_MULTIPLE_OF), shuffle=True, seed=0,
+                                 widen="device", pin_memory=pin),
     }
 
 
@@ -240,7 +240,7 @@ def block_loaders(grouped, compact, batch_size: int, pin: bool, block_size: int)
 
     return {
         "int64": DataLoader(grouped.with_format("torch"), batch_size=batch_size, collate_fn=default_data_collator, pin_memory=pin),
-        "storage": hd.dataloader(compact, batch_size, packing="blocks", block_size=block_size, widen="device", pin_memory=pin),
+        "storage": hd.dataloader(compact, batch_size, layout=hd.Blocks(block_size), widen="device", pin_memory=pin),
     }
 
 

@@ -14,7 +14,7 @@ Blocks of ``block_size`` tokens (the rows laid end to end, the remainder dropped
    disk, opened again for every batch; ``batch_size`` random offsets; ``x`` = the stacked int64
    copies of ``data[i:i+block]``, ``y`` = those of ``data[i+1:i+1+block]``. It returns x AND y;
    the tokens of x are counted.
-3. ``hd.dataloader(compact, batch_size, packing="blocks", block_size=B, shuffle=True)``, with
+3. ``hd.dataloader(compact, batch_size, layout=hd.Blocks(B), shuffle=True)``, with
    ``widen="device"`` (storage dtypes: uint8 ids, int16 labels) and ``widen="cpu"`` (int64).
 6. The limit: a plain torch gather of the same blocks from one in-memory copy of the compact
    token buffer (``index_select`` of the block windows, labels a copy), in the storage dtypes
@@ -25,7 +25,7 @@ Flat batches (a batch of rows as one row, with flash-attention kwargs):
 4. ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)`` on rows of
    ``ds.with_format("torch", columns=["input_ids"])`` through a shuffled ``DataLoader`` (the
    collator reads no other column, so none other is formatted).
-5. ``hd.dataloader(compact, rows, packing="flat", flash_attn_kwargs=True, shuffle=True)``,
+5. ``hd.dataloader(compact, rows, layout=hd.Flat(return_flash_attn_kwargs=True), shuffle=True)``,
    ``widen="device"`` and ``widen="cpu"``.
 
 At two shapes: 12 x 64 and 8 x 1,024 (flat: 12 and 8 rows a batch). It also reports the bytes on
@@ -73,8 +73,8 @@ BLOCK_METHODS = {
     "1_run_clm": "(1) run_clm.py: group_texts map + with_format('torch') + default_data_collator",
     "1t_run_clm_trainer": "(1t) run_clm.py as its Trainer serves it: no format (Python lists) + default_data_collator",
     "2_nanogpt": "(2) nanoGPT get_batch: uint16 memmap, random offsets, int64 x and y",
-    "3_hd_blocks_device": "(3) hd.dataloader(packing='blocks', widen='device')",
-    "3_hd_blocks_cpu": "(3) hd.dataloader(packing='blocks', widen='cpu')",
+    "3_hd_blocks_device": "(3) hd.dataloader(layout=hd.Blocks(B), widen='device')",
+    "3_hd_blocks_cpu": "(3) hd.dataloader(layout=hd.Blocks(B), widen='cpu')",
     "6_limit_storage": "(6) limit: torch gather of the same blocks, storage dtypes",
     "6_limit_int64": "(6) limit: torch gather of the same blocks, int64",
     "6_limit_dataloader": "(6dl) limit (6, storage dtypes) served through a DataLoader (batch_sampler + __getitems__)",
@@ -82,8 +82,8 @@ BLOCK_METHODS = {
 FLAT_METHODS = {
     "4_flattening": "(4) with_format('torch') rows + DataCollatorWithFlattening(flash kwargs)",
     "4t_flattening_lists": "(4t) rows as Python lists (no format, as a Trainer serves them) + DataCollatorWithFlattening",
-    "5_hd_flat_device": "(5) hd.dataloader(packing='flat', flash_attn_kwargs=True, widen='device')",
-    "5_hd_flat_cpu": "(5) hd.dataloader(packing='flat', flash_attn_kwargs=True, widen='cpu')",
+    "5_hd_flat_device": "(5) hd.dataloader(layout=hd.Flat(return_flash_attn_kwargs=True), widen='device')",
+    "5_hd_flat_cpu": "(5) hd.dataloader(layout=hd.Flat(return_flash_attn_kwargs=True), widen='cpu')",
 }
 METHODS = {**BLOCK_METHODS, **FLAT_METHODS}
 HD_METHODS = ("3_hd_blocks_device", "3_hd_blocks_cpu", "5_hd_flat_device", "5_hd_flat_cpu")
@@ -335,13 +335,13 @@ def flattening_loader(tokenized, rows: int, seed: int = 0, torch_format: bool = 
 def hd_blocks_loader(compact, batch_size: int, block_size: int, widen: str, shuffle: bool = True):
     import hf_dtype as hd
 
-    return hd.dataloader(compact, batch_size, packing="blocks", block_size=block_size, shuffle=shuffle, seed=0, widen=widen)
+    return hd.dataloader(compact, batch_size, layout=hd.Blocks(block_size), shuffle=shuffle, seed=0, widen=widen)
 
 
 def hd_flat_loader(compact, rows: int, widen: str, shuffle: bool = True):
     import hf_dtype as hd
 
-    return hd.dataloader(compact, rows, packing="flat", flash_attn_kwargs=True, shuffle=shuffle, seed=0, widen=widen)
+    return hd.dataloader(compact, rows, layout=hd.Flat(return_flash_attn_kwargs=True), shuffle=shuffle, seed=0, widen=widen)
 
 
 def build_methods(data: dict[str, Any], batch_size: int, block_size: int) -> tuple[dict[str, Iterable], dict[str, float]]:

@@ -150,7 +150,7 @@ def hf_dtype_dataloaders(args: argparse.Namespace, data: PreparedData) -> Datalo
         small = hd.compact(tokenized, plan)  # hf_dtype: checked casts; the plan is recorded in the features
     except (ValueError, TypeError) as error:  # a plan written by hand may not fit the data: say so before training
         raise InputError(f"--plan {args.plan!r} does not fit the tokenized data: {error}") from None
-    options = {"pad_to_multiple_of": args.pad_to_multiple_of, "widen": args.widen}
+    options = {"layout": hd.Padded(pad_to_multiple_of=args.pad_to_multiple_of), "widen": args.widen}
     train = None
     if "train" in small:  # hf_dtype: padded batches gathered from the Arrow buffers; the order is the permutation of seed + epoch
         train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, **options)

@@ -241,13 +241,11 @@ def get_dataloaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, v
                       loader("validation", args.per_device_eval_batch_size, EpochSampler(len(blocks["validation"]))),
                       order, None, blocks["train"].data.nbytes, len(blocks["train"]) * args.block_size)
     small = hd.compact(tokenized, hd.infer_plan(tokenized, vocab_size=vocab_size))  # uint8 ids for 65 characters
-    blocks = {"packing": "blocks", "block_size": args.block_size}
-    packing = blocks if args.packing == "blocks" else {"packing": "flat"}
+    blocks = hd.Blocks(args.block_size, label_column=None)  # causal LM: the labels are the ids
     try:
-        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, columns=["input_ids"],
-                              widen=args.widen, **packing)
-        validation = hd.dataloader(small["validation"], args.per_device_eval_batch_size, columns=["input_ids"], widen=args.widen,
-                                   **blocks)
+        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, widen=args.widen,
+                              layout=blocks if args.packing == "blocks" else hd.Flat(label_column=None))
+        validation = hd.dataloader(small["validation"], args.per_device_eval_batch_size, widen=args.widen, layout=blocks)
     except ValueError as error:
         raise InputError(str(error)) from None
     return Served(train, validation, train, train.plan, small["train"].data.column("input_ids").nbytes, tokens)

@@ -50,8 +50,8 @@ def check_rows(batch: dict) -> None:
         assert not batch["input_ids"][position, length:].any() and (batch["labels"][position, length:] == -100).all(), row
 
 
-PACKED = {"blocks": {"packing": "blocks", "block_size": 16, "columns": ["input_ids"]},
-          "flat": {"packing": "flat", "columns": ["input_ids"], "flash_attn_kwargs": True}}
+PACKED = {"blocks": {"layout": hd.Blocks(16, label_column=None)},
+          "flat": {"layout": hd.Flat(return_flash_attn_kwargs=True, label_column=None)}}
 
 
 def packed_epoch(accelerator, loaders: dict, epoch: int) -> dict[str, list]:
@@ -83,7 +83,7 @@ def main() -> None:
 
     accelerator = Accelerator(cpu=True)
     dataset = build(args.rows)
-    loader = hd.dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, pad_to_multiple_of=8, widen="device")
+    loader = hd.dataloader(dataset, args.batch_size, layout=hd.Padded(pad_to_multiple_of=8), shuffle=True, seed=args.seed, widen="device")
     prepared = accelerator.prepare(loader)
     record = {"rank": accelerator.process_index, "num_processes": accelerator.num_processes, "epochs": []}
     packed = {name: accelerator.prepare(hd.dataloader(dataset, 3, shuffle=True, seed=args.seed, **options))

@@ -18,7 +18,7 @@ import torch
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 import hf_dtype as hd
-from hf_dtype.batching import PadOptions, length_mask, pad_rows
+from hf_dtype.batching import length_mask, pad_rows
 from hf_dtype.collator import pad_batch
 
 datasets.disable_progress_bars()
@@ -97,7 +97,7 @@ def test_pad_rows_right_and_left():
                     mask=length_mask(lengths, 6, "left"))
     assert left.tolist() == [[0, 0, 0, 0, 1, 2], [0] * 6, [0, 3, 4, 5, 6, 7]]
     assert length_mask(lengths, 6, "left").sum(axis=1).tolist() == [3, 0, 5]
-    assert PadOptions(pad_to_multiple_of=8).width(np.array([3, 9])) == 16 and PadOptions().width(np.array([], dtype=np.int64)) == 0
+    assert hd.Padded(pad_to_multiple_of=8).width(np.array([3, 9])) == 16 and hd.Padded().width(np.array([], dtype=np.int64)) == 0
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -109,7 +109,7 @@ def test_pad_rows_equals_a_plain_gather(padding_side, size):
         lengths = rng.integers(0, min(size, 40), 16)
         starts = rng.integers(0, size - lengths + 1)  # rows at both ends of the array included
         starts[:2], lengths[:2] = [0, size - lengths[1]], [lengths[0], lengths[1]]
-        width = PadOptions(pad_to_multiple_of=8).width(lengths)
+        width = hd.Padded(pad_to_multiple_of=8).width(lengths)
         expected = np.full((16, width), -7, dtype=np.int8)
         for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
             if length:
@@ -147,7 +147,7 @@ def test_loader_matches_token_classification_collator(ner_rows, compacted, bert_
 
     tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer.name_or_path, padding_side=padding_side)
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
-    loader = hd.dataloader(compacted, 5, widen="cpu", pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side)
+    loader = hd.dataloader(compacted, 5, layout=hd.Padded(pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side), widen="cpu")
     columns = ["input_ids", "token_type_ids", "attention_mask", "labels"]
     for start, batch in zip(range(0, NUM_ROWS, 5), loader, strict=True):
         ids = list(range(start, min(start + 5, NUM_ROWS)))
@@ -158,7 +158,7 @@ def test_loader_max_length_pads_as_the_collators_padding_max_length(ner_rows, co
     """max_length has the transformers collators' meaning (padding="max_length"): every batch that wide, nothing truncated."""
     longest = max(len(row) for row in ner_rows["input_ids"])
     collator = DataCollatorForTokenClassification(bert_tokenizer, padding="max_length", max_length=longest + 3, pad_to_multiple_of=8)
-    loader = hd.dataloader(compacted, 8, widen="cpu", max_length=longest + 3, pad_to_multiple_of=8)
+    loader = hd.dataloader(compacted, 8, layout=hd.Padded(pad_to_multiple_of=8, max_length=longest + 3), widen="cpu")
     columns = ["input_ids", "token_type_ids", "attention_mask", "labels"]
     for start, batch in zip(range(0, NUM_ROWS, 8), loader, strict=True):
         ids = list(range(start, min(start + 8, NUM_ROWS)))
@@ -170,7 +170,7 @@ def test_max_length_shorter_than_a_row_is_an_error_not_a_truncation(ner_rows, co
     row = int(np.argmax([len(ids) for ids in ner_rows["input_ids"]]))
     length = len(ner_rows[row]["input_ids"])
     with pytest.raises(ValueError, match=rf"Row {row} has {length} values in 'input_ids', more than max_length=6: .*truncates nothing"):
-        next(iter(hd.dataloader(compacted, NUM_ROWS, max_length=6)))
+        next(iter(hd.dataloader(compacted, NUM_ROWS, layout=hd.Padded(max_length=6))))
     with pytest.raises(ValueError, match=r"more than max_length=4.*truncation=True"):
         pad_batch(_reference_rows(ner_rows, [row], ["input_ids"]), hd.plan_of(compacted), max_length=4)
 
@@ -181,7 +181,7 @@ def test_loader_matches_data_collator_with_padding_for_classification(bert_token
     encoded = raw.map(lambda batch: bert_tokenizer(batch["text"], truncation=True), batched=True, remove_columns=["text"])
     small = hd.compact(encoded)
     assert hd.plan_of(small)["labels"].storage == "uint8"
-    batch = next(iter(hd.dataloader(small, 11, widen="cpu", pad_to_multiple_of=8)))
+    batch = next(iter(hd.dataloader(small, 11, layout=hd.Padded(pad_to_multiple_of=8), widen="cpu")))
     reference = DataCollatorWithPadding(bert_tokenizer, pad_to_multiple_of=8)([encoded[i] for i in range(11)])
     assert batch["labels"].shape == (11,)
     _assert_batches_equal(batch, reference)
@@ -304,7 +304,7 @@ def test_columns_selects_and_derives(compacted):
 
 
 def test_getitem_is_one_unpadded_row(compacted):
-    fetcher = hd.dataloader(compacted, 4, pad_to_multiple_of=8, widen="cpu").dataset
+    fetcher = hd.dataloader(compacted, 4, layout=hd.Padded(pad_to_multiple_of=8), widen="cpu").dataset
     row = fetcher[3]
     assert row["input_ids"].tolist() == compacted[3]["input_ids"]
     assert row["attention_mask"].tolist() == [1] * len(compacted[3]["input_ids"])
@@ -340,7 +340,7 @@ def test_every_row_once_with_its_own_values_on_every_layout(compacted, tmp_path,
     assert layouts["three_files"].data.table.column("input_ids").num_chunks == 3
     for name, dataset in layouts.items():
         seen = []
-        for batch in hd.dataloader(dataset, 4, shuffle=True, seed=7, padding_side=padding_side, widen="device"):
+        for batch in hd.dataloader(dataset, 4, layout=hd.Padded(padding_side=padding_side), shuffle=True, seed=7, widen="device"):
             for row, row_id in enumerate(batch["idx"].tolist()):
                 mask = batch["attention_mask"][row]
                 assert batch["input_ids"][row][mask].tolist() == compacted[row_id]["input_ids"], (name, row_id)
@@ -420,7 +420,7 @@ def test_drop_last(compacted):
 def test_worker_processes(compacted, tmp_path, context):
     compacted.save_to_disk(str(tmp_path / "saved"))
     loaded = datasets.load_from_disk(str(tmp_path / "saved"))
-    kwargs = dict(shuffle=True, seed=5, pad_to_multiple_of=8)
+    kwargs = dict(shuffle=True, seed=5, layout=hd.Padded(pad_to_multiple_of=8))
     expected = list(hd.dataloader(loaded, 4, **kwargs))
     loader = hd.dataloader(loaded, 4, num_workers=2, multiprocessing_context=context, **kwargs)
     got = list(loader)
@@ -441,9 +441,8 @@ def test_bad_batch_size(compacted, batch_size):
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"columns": ["input_ids", "nope"]}, ValueError, r"Unknown column\(s\) \['nope'\]: expected columns of the dataset"),
     ({"widen": "gpu"}, ValueError, r"widen must be 'auto', 'device' or 'cpu' .*got 'gpu'"),
-    ({"padding_side": "middle"}, ValueError, r"padding_side must be one of \('right', 'left'\); got 'middle'"),
-    ({"pad_to_multiple_of": 0}, ValueError, "pad_to_multiple_of must be a positive integer or None; got 0"),
-    ({"max_length": -1}, ValueError, "max_length must be a positive integer or None; got -1"),
+    ({"padding_side": "left"}, TypeError, r"padding_side= -> layout=hd.Padded\(padding_side='left'\)"),
+    ({"layout": "padded"}, TypeError, r"layout must be hd.Padded\(...\), hd.Blocks\(...\) or hd.Flat\(...\); got str"),
     ({"seed": "1"}, ValueError, "seed must be an integer"),
     ({"sampler": None}, TypeError, r"dataloader sets \['sampler'\] itself"),
 ])
@@ -511,7 +510,7 @@ def test_a_label_column_reaches_the_loss_as_labels(bert_tokenizer):
                                                                   "label": datasets.ClassLabel(names=["negative", "positive"])}))
     encoded = raw.map(lambda batch: bert_tokenizer(batch["sentence"], truncation=True), batched=True, remove_columns=["sentence"])
     small = hd.compact(encoded)
-    loader = hd.dataloader(small, 6, pad_to_multiple_of=8)
+    loader = hd.dataloader(small, 6, layout=hd.Padded(pad_to_multiple_of=8))
     batch = loader.plan.widen(next(iter(loader)))
     assert "label" not in batch and batch["labels"].tolist() == [0, 1, 1, 0, 1, 0] and batch["labels"].dtype == torch.int64
     torch.manual_seed(0)

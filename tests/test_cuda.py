@@ -149,7 +149,7 @@ def test_a_narrower_compute_dtype_is_range_checked_on_the_gpu(storage, compute, 
 
 @pytest.mark.parametrize("layout", ["padded", "blocks", "flat"])
 def test_pin_memory_loader_batches_are_pinned_and_cross_non_blocking_equal(small, tokens, layout):
-    options = {"padded": {}, "blocks": {"packing": "blocks", "block_size": 8}, "flat": {"packing": "flat", "flash_attn_kwargs": True}}
+    options = {"padded": {}, "blocks": {"layout": hd.Blocks(8)}, "flat": {"layout": hd.Flat(return_flash_attn_kwargs=True)}}
     dataset = small if layout == "padded" else tokens
     pinned_loader = hd.dataloader(dataset, 4, widen="device", pin_memory=True, **options[layout])
     pageable_loader = hd.dataloader(dataset, 4, widen="device", **options[layout])
@@ -182,7 +182,7 @@ def test_accelerate_moves_storage_batches_to_the_gpu(small, tokens, pin_memory, 
     """``accelerator.prepare`` on one GPU: the batches arrive on the GPU in storage dtypes and widen there to the CPU's values."""
     from accelerate import Accelerator
 
-    cases = ((small, {}), (tokens, {"packing": "blocks", "block_size": 8}))
+    cases = ((small, {}), (tokens, {"layout": hd.Blocks(8)}))
     expected = {}  # made before the Accelerator exists: the CPU's widened batches
     for index, (dataset, options) in enumerate(cases):
         loader = hd.dataloader(dataset, 4, widen="device", **options)

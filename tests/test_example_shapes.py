@@ -144,6 +144,6 @@ def test_glue_shape_label_is_batched_as_labels(tokenizer):
     """run_glue_no_trainer renames label to labels itself; a dataset that kept ``label`` gets ``labels`` in batches too."""
     raw = datasets.Dataset.from_dict({"sentence": ["a fine film", "dull", "a great ride", "bad"], "label": [1, 0, 1, 0]})
     encoded = raw.map(lambda batch: tokenizer(batch["sentence"], truncation=True), batched=True, remove_columns=["sentence"])
-    batch = next(iter(hd.dataloader(hd.compact(encoded), 4, pad_to_multiple_of=8)))
+    batch = next(iter(hd.dataloader(hd.compact(encoded), 4, layout=hd.Padded(pad_to_multiple_of=8))))
     expected = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)([encoded[i] for i in range(4)])
     assert set(batch) == set(expected) and all(torch.equal(batch[name], expected[name]) for name in expected)

@@ -79,7 +79,7 @@ def test_single_process_prepare(fresh_accelerate_state, use_seedable_sampler):
 
     config = DataLoaderConfiguration(use_seedable_sampler=use_seedable_sampler)
     accelerator = Accelerator(cpu=True, dataloader_config=config)
-    loader = hd.dataloader(build(ROWS), BATCH, shuffle=True, seed=SEED)
+    loader = hd.dataloader(build(ROWS), BATCH, shuffle=True, seed=SEED, widen="device")
     prepared = accelerator.prepare(loader)
     for epoch in (0, 1, 2):
         if epoch != 1:  # accelerate sets the epoch to its own count of passes when it is not set
@@ -95,7 +95,7 @@ def test_single_process_prepare(fresh_accelerate_state, use_seedable_sampler):
         assert sorted(gathered) == list(range(ROWS))
     assert len(prepared) == -(-ROWS // BATCH)
     again = accelerator.prepare(hd.dataloader(build(ROWS), BATCH, shuffle=True, seed=SEED))
-    resumed = accelerator.skip_first_batches(again, 3)  # resuming mid-epoch, as after load_state
-    resumed.set_epoch(1)
+    again.set_epoch(1)  # as load_state sets it
+    resumed = accelerator.skip_first_batches(again, 3)  # resuming mid-epoch
     assert [i for batch in resumed for i in batch["idx"].tolist()] == _single_process_order(1)[3 * BATCH:]
     accelerator.end_training()

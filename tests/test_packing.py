@@ -51,7 +51,7 @@ def test_group_rows_gives_the_blocks_of_run_clm_map_batches(corpus, compact_corp
     """run_clm_no_trainer.py maps group_texts over batches of 1,000 rows (its default): each batch drops its own remainder."""
     grouped = corpus.select_columns(["input_ids", "attention_mask"]).map(group_texts, batched=True, batch_size=group_rows,
                                                                          fn_kwargs={"block_size": block_size})
-    loader = hd.dataloader(compact_corpus, 4, packing="blocks", block_size=block_size, group_rows=group_rows, widen="cpu")
+    loader = hd.dataloader(compact_corpus, 4, layout=hd.Blocks(block_size, group_rows=group_rows), widen="cpu")
     assert len(loader.dataset) == len(grouped)
     assert [row for batch in loader for row in batch["input_ids"].tolist()] == grouped["input_ids"]
     if group_rows < len(corpus):  # the whole-split blocks are others: more of them, and other ones after the first group
@@ -61,7 +61,7 @@ def test_group_rows_gives_the_blocks_of_run_clm_map_batches(corpus, compact_corp
 @pytest.mark.parametrize("block_size", [1, 7, 64, 256])
 def test_blocks_equal_group_texts(corpus, compact_corpus, block_size):
     expected = _run_clm_blocks(corpus, block_size)
-    loader = hd.dataloader(compact_corpus, 5, packing="blocks", block_size=block_size, widen="device")
+    loader = hd.dataloader(compact_corpus, 5, layout=hd.Blocks(block_size), widen="device")
     batches = list(loader)
     assert batches[0]["input_ids"].dtype == torch.uint8 and batches[0]["input_ids"].shape[1] == block_size
     got = [row for batch in batches for row in loader.plan.widen(batch)["input_ids"].tolist()]
@@ -73,7 +73,7 @@ def test_blocks_equal_group_texts(corpus, compact_corpus, block_size):
 def test_blocks_with_a_separator_after_each_row(corpus, compact_corpus):
     with_separator = corpus.map(lambda row: {"input_ids": [*row["input_ids"], 0], "attention_mask": [*row["attention_mask"], 1]})
     expected = _run_clm_blocks(with_separator, 64)
-    got = [row for batch in hd.dataloader(compact_corpus, 4, packing="blocks", block_size=64, separator=0, widen="cpu")
+    got = [row for batch in hd.dataloader(compact_corpus, 4, layout=hd.Blocks(64, separator_id=0), widen="cpu")
            for row in batch["input_ids"].tolist()]
     assert got == expected
 
@@ -81,13 +81,13 @@ def test_blocks_with_a_separator_after_each_row(corpus, compact_corpus):
 def test_blocks_follow_the_rows_as_the_dataset_shows_them(corpus, compact_corpus):
     view = compact_corpus.shuffle(seed=2).select(range(30))
     expected = _run_clm_blocks(corpus.shuffle(seed=2).select(range(30)), 32)
-    got = [row for batch in hd.dataloader(view, 8, packing="blocks", block_size=32, widen="cpu") for row in batch["input_ids"].tolist()]
+    got = [row for batch in hd.dataloader(view, 8, layout=hd.Blocks(32), widen="cpu") for row in batch["input_ids"].tolist()]
     assert got == expected
 
 
 def test_every_block_once_per_epoch_shuffled(compact_corpus):
-    loader = hd.dataloader(compact_corpus, 3, packing="blocks", block_size=16, shuffle=True, seed=1, widen="cpu")
-    ordered = [row for batch in hd.dataloader(compact_corpus, 3, packing="blocks", block_size=16, widen="cpu")
+    loader = hd.dataloader(compact_corpus, 3, layout=hd.Blocks(16), shuffle=True, seed=1, widen="cpu")
+    ordered = [row for batch in hd.dataloader(compact_corpus, 3, layout=hd.Blocks(16), widen="cpu")
                for row in batch["input_ids"].tolist()]
     epochs = [[row for batch in loader for row in batch["input_ids"].tolist()] for _ in range(2)]
     for epoch in epochs:
@@ -96,7 +96,7 @@ def test_every_block_once_per_epoch_shuffled(compact_corpus):
 
 
 def test_document_positions_restart_at_every_row_start(compact_corpus):
-    loader = hd.dataloader(compact_corpus, 2, packing="blocks", block_size=50, document_positions=True, widen="cpu")
+    loader = hd.dataloader(compact_corpus, 2, layout=hd.Blocks(50, document_positions=True), widen="cpu")
     lengths = [len(ids) for ids in compact_corpus["input_ids"]]
     starts = set(np.cumsum([0, *lengths]).tolist())
     stream = 0
@@ -112,7 +112,7 @@ def test_document_positions_restart_at_every_row_start(compact_corpus):
 def test_blocks_of_token_classification_take_their_labels_along():
     rows = {"input_ids": [[5, 6, 7], [8, 9], [10, 11, 12, 13]], "labels": [[-100, 1, 2], [3, -100], [4, 5, 6, -100]]}
     small = hd.compact(datasets.Dataset.from_dict(rows))
-    batch = next(iter(hd.dataloader(small, 2, packing="blocks", block_size=4, separator=1, widen="cpu")))
+    batch = next(iter(hd.dataloader(small, 2, layout=hd.Blocks(4, separator_id=1), widen="cpu")))
     assert batch["input_ids"].tolist() == [[5, 6, 7, 1], [8, 9, 1, 10]]
     assert batch["labels"].tolist() == [[-100, 1, 2, -100], [3, -100, -100, 4]]
 
@@ -128,7 +128,7 @@ def test_flat_batches_equal_data_collator_with_flattening(corpus, with_labels, f
         data = data.map(lambda row: {"labels": [(i * 7) % 9 if i % 3 else -100 for i in row["input_ids"]]})
     small = hd.compact(data, hd.infer_plan(data, vocab_size=VOCAB))
     collator = DataCollatorWithFlattening(return_flash_attn_kwargs=flash)
-    loader = hd.dataloader(small, 6, packing="flat", flash_attn_kwargs=flash, widen="cpu")
+    loader = hd.dataloader(small, 6, layout=hd.Flat(return_flash_attn_kwargs=flash), widen="cpu")
     columns = ["input_ids", "labels"] if with_labels else ["input_ids"]
     for start, batch in zip(range(0, len(data), 6), loader, strict=True):
         rows = [{name: data[i][name] for name in columns} for i in range(start, min(start + 6, len(data)))]
@@ -139,14 +139,14 @@ def test_flat_batches_equal_data_collator_with_flattening(corpus, with_labels, f
                 assert batch[name].dtype == value.dtype and torch.equal(batch[name], value), name
             else:
                 assert batch[name] == value, name
-    device = next(iter(hd.dataloader(small, 6, packing="flat", flash_attn_kwargs=flash, widen="device")))
+    device = next(iter(hd.dataloader(small, 6, layout=hd.Flat(return_flash_attn_kwargs=flash), widen="device")))
     assert device["input_ids"].dtype == torch.uint8
-    widened = hd.dataloader(small, 6, packing="flat").plan.widen(device)
+    widened = hd.dataloader(small, 6, layout=hd.Flat()).plan.widen(device)
     assert torch.equal(widened["labels"], next(iter(loader))["labels"])
 
 
 def test_flat_every_row_once(compact_corpus):
-    loader = hd.dataloader(compact_corpus, 7, packing="flat", columns=["input_ids"], shuffle=True, seed=3, flash_attn_kwargs=True)
+    loader = hd.dataloader(compact_corpus, 7, layout=hd.Flat(return_flash_attn_kwargs=True, label_column=None), shuffle=True, seed=3)
     seen = []
     for batch in loader:
         bounds = batch["cu_seq_lens_q"].tolist()
@@ -172,7 +172,7 @@ def test_a_flat_batch_gives_the_loss_of_its_rows_padded(compact_corpus, attentio
     """The trap: with use_cache on, transformers ignores position_ids for masking and the rows attend to each other."""
     model = _tiny_llama(attention)
     small = compact_corpus.select(range(8))
-    flat = hd.dataloader(small, 8, packing="flat", widen="cpu", columns=["input_ids"])
+    flat = hd.dataloader(small, 8, layout=hd.Flat(label_column=None), widen="cpu")
     batch = next(iter(flat))
     padded = next(iter(hd.dataloader(small, 8, widen="cpu", columns=["input_ids", "attention_mask"])))
     labels = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, -100)
@@ -192,7 +192,7 @@ def test_a_flat_batch_gives_the_loss_of_its_rows_padded(compact_corpus, attentio
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_document_positions_give_the_loss_of_each_document_run_alone(compact_corpus, attention):
     model = _tiny_llama(attention)
-    loader = hd.dataloader(compact_corpus, 2, packing="blocks", block_size=48, document_positions=True, widen="cpu")
+    loader = hd.dataloader(compact_corpus, 2, layout=hd.Blocks(48, document_positions=True), widen="cpu")
     batch = next(iter(loader))
     with torch.no_grad():
         packed = model(**batch, use_cache=False).logits
@@ -207,22 +207,43 @@ def test_document_positions_give_the_loss_of_each_document_run_alone(compact_cor
 # --- bad input -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"packing": "rows"}, r"packing must be None \(padded rows\), 'blocks' or 'flat'; got 'rows'"),
-    ({"packing": "blocks"}, r"block_size must be a positive integer; got None"),
-    ({"packing": "blocks", "block_size": 10**6}, r"block_size 1000000 is larger than the token stream of 'input_ids' \(\d+ tokens"),
-    ({"packing": "blocks", "block_size": 8, "separator": 300}, r"separator 300 is not a token id of 'input_ids', whose storage"),
-    ({"packing": "flat", "block_size": 8}, r"\['block_size'\] do not apply to packing='flat'"),
-    ({"packing": "blocks", "block_size": 8, "pad_to_multiple_of": 8}, r"\['pad_to_multiple_of'\] do not apply to packing='blocks'"),
-    ({"flash_attn_kwargs": True}, r"\['flash_attn_kwargs'\] do not apply to packing=None"),
-    ({"packing": "flat", "columns": "idx"}, r"packing='flat' needs list columns of numbers: 'idx' is not one"),
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: hd.Blocks(None), r"block_size must be a positive integer; got None"),
+    (lambda: hd.Blocks(0), r"block_size must be a positive integer; got 0"),
+    (lambda: hd.Blocks(8, group_rows=-1), r"group_rows must be a positive integer or None; got -1"),
+    (lambda: hd.Blocks(8, separator_id="0"), r"separator_id must be a token id \(an integer\) or None; got '0'"),
+    (lambda: hd.Padded(pad_to_multiple_of=0), r"pad_to_multiple_of must be a positive integer or None; got 0"),
+    (lambda: hd.Padded(padding_side="top"), r"padding_side must be one of \('right', 'left'\); got 'top'"),
 ])
-def test_bad_packing_arguments(compact_corpus, kwargs, match):
+def test_bad_layout_options_fail_when_the_layout_is_made(make, match):
     with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(("layout", "match"), [
+    (hd.Blocks(10**6), r"block_size 1000000 is larger than the token stream of 'input_ids' \(\d+ tokens"),
+    (hd.Blocks(8, separator_id=300), r"separator_id 300 is not a token id of 'input_ids', whose storage"),
+    (hd.Flat(token_column="idx"), r"Flat needs list columns of numbers: 'idx' is not one"),
+    (hd.Blocks(8, label_column="idx"), r"Blocks needs list columns of numbers: 'idx' is not one"),
+])
+def test_bad_layouts_for_the_dataset(compact_corpus, layout, match):
+    with pytest.raises(ValueError, match=match):
+        hd.dataloader(compact_corpus, 2, layout=layout)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"packing": "blocks", "block_size": 8}, r"packing= -> layout=hd.Blocks\(block_size\) or layout=hd.Flat\(\); "
+                                             r"block_size= -> layout=hd.Blocks\(8\)"),
+    ({"pad_to_multiple_of": 8}, r"pad_to_multiple_of= -> layout=hd.Padded\(pad_to_multiple_of=8\)"),
+    ({"flash_attn_kwargs": True}, r"flash_attn_kwargs= -> layout=hd.Flat\(return_flash_attn_kwargs=True\)"),
+    ({"separator": 0}, r"separator= -> layout=hd.Blocks\(block_size, separator_id=0\)"),
+])
+def test_the_old_keywords_show_the_new_form(compact_corpus, kwargs, match):
+    with pytest.raises(TypeError, match=match):
         hd.dataloader(compact_corpus, 2, **kwargs)
 
 
 def test_flat_on_a_dataset_without_a_list_column():
     small = hd.compact(datasets.Dataset.from_dict({"label": [1, 0]}))
     with pytest.raises(ValueError, match=r"'input_ids' is not one; the dataset's list columns are \[\]"):
-        hd.dataloader(small, 2, packing="flat")
+        hd.dataloader(small, 2, layout=hd.Flat())

@@ -66,8 +66,9 @@ def _equal(ours: dict, reference: dict) -> None:
 def test_a_hub_dataset_streamed_from_its_files_keeps_its_plan_and_batches(small, tmp_path):
     stream = datasets.load_dataset(str(_hub_folder(small, tmp_path / "repo", 4)), streaming=True, split="train")
     assert stream.num_shards == 4 and hd.plan_of(stream) == hd.plan_of(small)
-    for options in ({"pad_to_multiple_of": 8}, {"widen": "cpu"}, {"packing": "flat", "columns": ["input_ids"], "flash_attn_kwargs": True},
-                    {"packing": "blocks", "block_size": 16, "columns": ["input_ids", "labels"], "document_positions": True}):
+    for options in ({"layout": hd.Padded(pad_to_multiple_of=8)}, {"widen": "cpu"},
+                    {"layout": hd.Flat(return_flash_attn_kwargs=True, label_column=None)},
+                    {"layout": hd.Blocks(16, document_positions=True)}):
         expected = list(hd.dataloader(small, 5, **options))
         got = list(hd.dataloader(stream, 5, **options))
         assert len(got) == len(expected)
@@ -107,7 +108,7 @@ def test_shuffle_and_set_epoch(small):
     assert sorted(first) == sorted(second) == list(range(ROWS)) and first != second
 
 
-@pytest.mark.parametrize("options", [{}, {"packing": "blocks", "block_size": 16, "columns": ["input_ids"]}])
+@pytest.mark.parametrize("options", [{}, {"layout": hd.Blocks(16, label_column=None)}])
 def test_resume_mid_stream_reads_the_rows_the_uninterrupted_run_reads(small, options):
     stream = small.to_iterable_dataset(num_shards=4)
     key = "idx" if not options else "input_ids"

@@ -1,0 +1,280 @@
+"""Batch layouts as objects: ``Padded``, ``Blocks``, ``Flat``, each with its options, checks, served plan and kernel.
+
+A layout is made by the user with its options (``hd.Blocks(1024, separator_id=0)``), checked at
+once, and bound by a loader to a dataset's columns and plan (``bind``): the bound layout knows the
+plan of what it serves and the stored columns to read, and turns the rows read into a batch. The
+map-style loader, the stream loader and ``PaddingCollator`` all use the same objects, so a new
+layout is one new class here. The argument names are ``transformers``' where it has them
+(``pad_to_multiple_of``, ``max_length``, ``padding_side``, ``separator_id``, ``return_flash_attn_kwargs``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .arrow import arrow_leaf_dtype, list_depth
+from .batching import PADDING_SIDES, Rows, assemble
+from .dtypes import dtype_name, is_float
+from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, label_entry, packed_plan
+from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
+
+__all__ = ["Blocks", "Flat", "Layout", "Padded", "check_count"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_count(name: str, value: Any, *, optional: bool = False) -> None:
+    """``value`` must be a positive integer (or None where ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}; got {value!r}.")
+
+
+def _batchable(schema: pa.Schema) -> dict[str, int]:
+    """The list depth of every column of numbers (0) or lists of numbers (1, 2, ...)."""
+    return {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
+
+
+def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
+    """The plan a loader serves (unplanned columns added as stored) and the columns it batches, checked.
+
+    By default every column of numbers or lists of numbers that the dataset (of ``schema``) holds,
+    planned or not (a plan that names some columns does not drop the others: the model still gets its
+    ``attention_mask``), and every derived column whose source it holds; other columns (text,
+    lists of lists) are left out, which the log says.
+    """
+    depth = _batchable(schema)
+    plan = plan.resolve([name for name, d in depth.items() if d == 1])
+    derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
+    if columns is None:
+        chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
+        chosen += [name for name in schema.names if name not in plan and depth.get(name) in (0, 1)]
+        left_out = [name for name in schema.names if name not in chosen]
+        if left_out:
+            logger.info("Columns %s are not batched: only numbers and lists of numbers are (name the columns with columns=).",
+                        left_out)
+    else:
+        chosen = [columns] if isinstance(columns, str) else list(columns)
+        unknown = [name for name in chosen if name not in schema.names and name not in derived]
+        if unknown:
+            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
+                             f"or derived columns of the plan {sorted(derived)}.")
+    entries = dict(plan.columns)
+    for name in chosen:
+        if name in derived:
+            source = derived[name].lengths_from
+            if depth.get(source) != 1:
+                what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
+                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
+        elif depth.get(name) not in (0, 1):
+            what = "lists of lists" if name in depth else f"{schema.field(name).type} values"
+            hint = "" if columns is not None else "; leave it out with columns=[...]"
+            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
+        elif name not in entries:
+            entries[name] = _unplanned_entry(name, arrow_leaf_dtype(schema.field(name).type), depth[name])
+    return DtypePlan(entries), chosen
+
+
+def _unplanned_entry(name: str, storage: str, depth: int) -> ColumnDtype:
+    """A column the plan does not name, as stored; a list column of labels pads with -100, as the collators pad it."""
+    entry = ColumnDtype(storage=storage)
+    return label_entry(entry) if depth == 1 and name in ("labels", *LABEL_ALIASES) and not is_float(storage) else entry
+
+
+class Layout:
+    """How the rows a loader reads become a batch. Subclasses check their options when made; ``bind`` fits one to a dataset.
+
+    A bound layout has ``plan`` (the entries of what it serves), ``read`` (the stored columns to read)
+    and ``widen`` (``"device"``: storage dtypes; ``"cpu"``: compute dtypes).
+    """
+
+    plan: DtypePlan
+    read: list[str]
+    widen: str
+
+    def bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, widen: str) -> Layout:
+        """A copy of this layout bound to the columns of ``schema`` and their ``plan``."""
+        bound = copy.copy(self)
+        bound.widen = widen
+        bound._bind(schema, plan, columns)
+        return bound
+
+    def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
+        raise NotImplementedError
+
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
+        """The batch of ``rows`` (their names in errors), from the rows of each column read."""
+        raise NotImplementedError
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"hd.{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._options().items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._options() == self._options()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self._options().items())))
+
+
+class Padded(Layout):
+    """Rows padded to the batch's longest row, per column with its pad value, derived columns rebuilt (the default).
+
+    The batches of ``DataCollatorWithPadding`` / ``DataCollatorForTokenClassification`` on the same
+    rows; ``label`` / ``label_ids`` become ``labels`` as they rename them.
+
+    Args:
+        pad_to_multiple_of: round the padded width up to a multiple of this (8 for tensor cores).
+        max_length: pad every batch to this width (rounded up to ``pad_to_multiple_of``), as the
+            collators do with ``padding="max_length"``; like them it truncates nothing: a longer row is
+            an error (truncate when tokenizing).
+        padding_side: ``"right"`` (pad after the values) or ``"left"``.
+    """
+
+    def __init__(self, pad_to_multiple_of: int | None = None, max_length: int | None = None, padding_side: str = "right") -> None:
+        check_count("pad_to_multiple_of", pad_to_multiple_of, optional=True)
+        check_count("max_length", max_length, optional=True)
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}; got {padding_side!r}.")
+        self.pad_to_multiple_of, self.max_length, self.padding_side = pad_to_multiple_of, max_length, padding_side
+        self.widen = "cpu"
+
+    def _options(self) -> dict[str, Any]:
+        return {"pad_to_multiple_of": self.pad_to_multiple_of, "max_length": self.max_length, "padding_side": self.padding_side}
+
+    def width(self, lengths: np.ndarray) -> int:
+        """The padded width of rows of ``lengths``: the longest (or ``max_length``), rounded up to ``pad_to_multiple_of``."""
+        width = self.max_length if self.max_length is not None else (int(lengths.max()) if len(lengths) else 0)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return width
+
+    def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
+        self.plan, self.names = batch_plan(schema, plan, columns)
+        sources = [self.plan[name].lengths_from for name in self.names if name not in schema.names]
+        self.read = list(dict.fromkeys([*(name for name in self.names if name in schema.names), *sources]))
+
+    def bind_rows(self, plan: DtypePlan, columns: Mapping[str, Rows], names: Sequence[str], widen: str) -> Padded:
+        """A copy bound to rows given as Python values (``PaddingCollator``): ``names`` in the order given, the columns
+        the plan does not name served as given (label lists padded with -100, as the collators pad them)."""
+        unplanned = {name: _unplanned_entry(name, dtype_name(rows.dtype), 0 if rows.starts is None else 1)
+                     for name, rows in columns.items() if name not in plan}
+        bound = copy.copy(self)
+        bound.plan, bound.names, bound.read, bound.widen = plan | unplanned, list(names), list(names), widen
+        return bound
+
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return assemble(columns, self.plan, self.names, self, rows)
+
+
+def _token_columns(schema: pa.Schema, token: str, labels: str | None, default_labels: bool, layout: str) -> tuple[str, str | None]:
+    """The token column of a packed layout and its label column (token classification), checked."""
+    lists = [name for name, depth in _batchable(schema).items() if depth == 1]
+    if default_labels:
+        labels = next((name for name in ("labels", "label_ids") if name in lists), None)
+    for name in (token, labels):
+        if name is not None and name not in lists:
+            raise ValueError(f"{layout} needs list columns of numbers: {name!r} is not one; the dataset's list columns are {lists} "
+                             f"(name them with token_column= and label_column=).")
+    return token, labels
+
+
+class _Packed(Layout):
+    """A layout of the tokens of ``token_column`` (and the labels of ``label_column``): blocks or flat rows."""
+
+    def __init__(self, token_column: str, label_column: str | None) -> None:
+        self.token_column, self.label_column = token_column, label_column
+
+    def _columns(self, schema: pa.Schema, plan: DtypePlan, positions: int | None) -> None:
+        default = self.label_column == "labels"  # the default: labels (or label_ids) where the dataset has them
+        self.token, self.labels = _token_columns(schema, self.token_column, self.label_column, default, type(self).__name__)
+        self.read = [self.token] + ([self.labels] if self.labels else [])
+        stored, _ = batch_plan(schema, plan, self.read)
+        self.stored_plan = stored
+        self.plan = packed_plan(stored, self.token, self.labels, positions=positions)
+
+
+class Blocks(_Packed):
+    """``block_size`` tokens of the rows laid end to end: the blocks of ``run_clm.py``'s ``group_texts``, gathered at batch time.
+
+    A batch is ``input_ids`` and ``labels`` (the ids themselves, or the ``label_column`` of token
+    classification cut along); causal models shift inside. ``batch_size`` counts blocks.
+
+    Args:
+        block_size: tokens per block; the remainder is dropped.
+        separator_id: a token id appended after each row (``-100`` in a label column there).
+        document_positions: add ``position_ids`` that restart at 0 at every row start (and block start),
+            so documents in a block do not attend to each other (with the model's cache off).
+        group_rows: cut each run of this many rows on its own, each dropping its remainder:
+            ``group_rows=1000`` gives the very blocks of ``run_clm.py``, whose ``group_texts`` runs per
+            ``map`` batch of 1,000 rows; None (default) cuts the whole split as one stream.
+        token_column, label_column: the columns of tokens and of per-token labels; the default label
+            column is ``labels`` (or ``label_ids``) where the dataset has one; None: labels are the ids.
+    """
+
+    def __init__(self, block_size: int, separator_id: int | None = None, document_positions: bool = False,
+                 group_rows: int | None = None, token_column: str = "input_ids", label_column: str | None = "labels") -> None:
+        check_count("block_size", block_size)
+        check_count("group_rows", group_rows, optional=True)
+        if separator_id is not None and (isinstance(separator_id, bool) or not isinstance(separator_id, (int, np.integer))):
+            raise ValueError(f"separator_id must be a token id (an integer) or None; got {separator_id!r}.")
+        super().__init__(token_column, label_column)
+        self.block_size, self.separator_id = int(block_size), separator_id
+        self.document_positions, self.group_rows = bool(document_positions), group_rows
+        self.widen = "cpu"
+
+    def _options(self) -> dict[str, Any]:
+        return {"block_size": self.block_size, "separator_id": self.separator_id, "document_positions": self.document_positions,
+                "group_rows": self.group_rows, "token_column": self.token_column, "label_column": self.label_column}
+
+    def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
+        self._columns(schema, plan, positions=self.block_size - 1)
+        check_separator(self.separator_id, self.stored_plan[self.token], self.token)
+
+    def index(self, lengths: np.ndarray, *, grouped: bool = True) -> BlockIndex:
+        """Where the blocks of rows of ``lengths`` lie (a stream's buffer is cut as one run: ``grouped=False``)."""
+        return BlockIndex(lengths.astype(np.int64), self.block_size, self.separator_id, self.group_rows if grouped else None)
+
+    def cut(self, index: BlockIndex, blocks: np.ndarray, columns: Mapping[str, Rows]) -> dict[str, torch.Tensor]:
+        """Blocks ``blocks`` of the rows in ``columns`` (every row, in order), laid out by ``index``."""
+        return cut_blocks(index, blocks, columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
+                          document_positions=self.document_positions)
+
+
+class Flat(_Packed):
+    """A batch of rows as one padding-free row of all their tokens, as ``DataCollatorWithFlattening`` makes it.
+
+    ``input_ids`` and ``position_ids`` of shape ``(1, total)``, ``labels`` (each row's own, else its
+    ids) with ``-100`` at every row's first position; the model's cache must be off.
+
+    Args:
+        return_flash_attn_kwargs: add ``cu_seq_lens_q/k`` and ``max_length_q/k`` for flash attention.
+        token_column, label_column: as for ``Blocks``.
+    """
+
+    def __init__(self, return_flash_attn_kwargs: bool = False, token_column: str = "input_ids",
+                 label_column: str | None = "labels") -> None:
+        super().__init__(token_column, label_column)
+        self.return_flash_attn_kwargs = bool(return_flash_attn_kwargs)
+        self.widen = "cpu"
+
+    def _options(self) -> dict[str, Any]:
+        return {"return_flash_attn_kwargs": self.return_flash_attn_kwargs, "token_column": self.token_column,
+                "label_column": self.label_column}
+
+    def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
+        self._columns(schema, plan, positions=None)
+
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
+        return flatten_rows(columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
+                            flash_attn_kwargs=self.return_flash_attn_kwargs, rows=rows)
