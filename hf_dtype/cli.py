@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
-import datasets.fingerprint
 import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 

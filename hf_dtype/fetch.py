@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ._compat import indices_mapping
 from .arrow import ArrowColumn
 from .batching import Rows
 from .layouts import Blocks, Layout, Padded
@@ -51,7 +52,7 @@ class _Reader:
             twin = next(((leader, shift) for leader, read in self.views.items() if read.twin is None and read.column.is_list
                          and column.is_list and (shift := column.shift_from(read.column)) is not None), (None, None))
             self.views[name] = _Read(column, layout, *twin)
-        indices = dataset._indices
+        indices = indices_mapping(dataset)
         self.mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
 
     def read(self, indices: Sequence[int]) -> dict[str, Rows]:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets.formatting import NumpyFormatter, _register_formatter
+from datasets.formatting import NumpyFormatter
 from datasets.formatting.formatting import TensorFormatter
 
+from ._compat import register_formatter
 from .arrow import arrow_leaf_dtype, flatten_leaf, is_list_type, leaf_row, list_depth
 from .convert import check_backend, numpy_dtype, to_compute, to_dtype
 from .dtypes import LossyCastError, integer_range, is_float, to_torch
@@ -197,7 +198,7 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
         return self.format_batch(pa_table)[pa_table.column_names[0]]
 
 
-_register_formatter(HfDtypeFormatter, "hf_dtype", aliases=["hf-dtype"])
+register_formatter(HfDtypeFormatter, "hf_dtype", aliases=["hf-dtype"])
 
 
 def _flatten_python(rows: list) -> tuple[list, list[np.ndarray]]:

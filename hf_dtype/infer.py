@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict
 
+from ._compat import indices_mapping
 from .arrow import arrow_leaf_dtype, flatten_leaf, list_depth
 from .dtypes import bfloat16_bits_to_float32, canonical_dtype, integer_range, is_float, narrow_float, smallest_integer_dtype
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
@@ -132,7 +133,7 @@ def table_stats(table: pa.Table, features: Features | None, *, rows: np.ndarray 
 def dataset_stats(dataset: Dataset) -> dict[str, ColumnStats]:
     """Statistics of every numeric column over the rows ``dataset`` shows: after ``select``, ``filter``, ``shuffle`` or
     ``train_test_split`` those of its indices mapping, not every row of the Arrow table beneath it."""
-    table, mapping = dataset.data.table, dataset._indices  # datasets' indices mapping: a table of row positions, or None
+    table, mapping = dataset.data.table, indices_mapping(dataset)
     rows = None if mapping is None else np.sort(mapping.column(0).to_numpy())  # sorted: a memory map is read in order
     if rows is not None and len(rows) and (np.diff(rows) == 1).all():  # a run of rows (all of them after a shuffle): a slice
         table, rows = table.slice(int(rows[0]), len(rows)), None

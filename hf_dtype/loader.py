@@ -31,6 +31,7 @@ from accelerate.state import GradientState
 from datasets import Dataset, IterableDataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from ._compat import SelfPrepared, accelerate_device, accelerate_loaders
 from .batching import WIDEN_MODES, Batch
 from .fetch import BatchFetcher, BlockFetcher
 from .layouts import Blocks, Layout, Padded, check_count
@@ -38,7 +39,7 @@ from .plan import DtypePlan, as_plan
 from .recording import NO_PLAN, plan_of
 from .streams import StreamBatches, StreamDataLoader, process_rank, split_stream
 
-__all__ = ["ArrowDataLoader", "AsBatch", "EpochBatchSampler", "EpochSampler", "accelerate_device", "dataloader"]
+__all__ = ["ArrowDataLoader", "AsBatch", "EpochBatchSampler", "EpochSampler", "dataloader"]
 
 _SET_BY_DATALOADER = ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last", "dataset")
 
@@ -147,9 +148,7 @@ class _Batches(BatchSampler):
 
 def _accelerate_loader_over(sampler: EpochSampler) -> Any:
     """The ``accelerate`` loader iterating over ``sampler`` right now, if any (it wraps it in shards and skips)."""
-    from accelerate.state import GradientState
-
-    for loader in GradientState().dataloader_references:
+    for loader in accelerate_loaders():
         inner = getattr(loader, "batch_sampler", None)
         while inner is not None and getattr(inner, "sampler", None) is not sampler:
             inner = getattr(inner, "batch_sampler", None)
@@ -158,22 +157,12 @@ def _accelerate_loader_over(sampler: EpochSampler) -> Any:
     return None
 
 
-def accelerate_device() -> torch.device | None:
-    """The device ``accelerate`` set up in this process, or None where it is not set up."""
-    from accelerate.state import PartialState
-
-    return PartialState().device if PartialState._shared_state else None
-
-
-class ArrowDataLoader(DataLoaderStateMixin, DataLoader):
+class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
     """A ``DataLoader`` of batches gathered from Arrow, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves.
 
     ``accelerator.prepare`` hands it back as it is (it shards itself and moves its batches), and
     ``save_state`` / ``load_state`` keep its state (the epoch) whether or not it was registered.
     """
-
-    _is_accelerate_prepared = True
-    use_stateful_dataloader = True
 
     def __init__(self, *args: Any, widen_on_device: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
-import datasets.fingerprint
+
+from ._compat import temporary_cache_dir
 
 __all__ = ["check_writable", "foreign_entries", "publish", "remove_stale_staging", "staged"]
 
@@ -170,15 +171,14 @@ def _temporary_files_in(folder: Path) -> Iterator[None]:
     """
     folder.mkdir()
     environment = {name: os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")}
-    tempdir, cache_dir = tempfile.tempdir, datasets.fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES
+    tempdir = tempfile.tempdir
     caching = datasets.is_caching_enabled()
     os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
-    datasets.fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = None  # made again, in folder, on first use
     datasets.disable_caching()  # map would otherwise write its cache file into IN's folder
     try:
-        yield
+        with temporary_cache_dir():  # made again, in folder, on first use
+            yield
     finally:
-        datasets.fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = cache_dir
         tempfile.tempdir = tempdir
         for name, value in environment.items():
             if value is None:

@@ -30,6 +30,7 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
+from ._compat import SelfPrepared, accelerate_device, accelerate_is_set_up, stream_split
 from .arrow import flatten_leaf
 from .batching import RowNames, Rows
 from .layouts import Blocks, Layout
@@ -42,9 +43,9 @@ logger = logging.getLogger(__name__)
 
 def process_rank() -> tuple[int, int]:
     """``(rank, world size)`` of this process: accelerate's when it is set up, else torch.distributed's, else ``(0, 1)``."""
-    from accelerate.state import PartialState
+    if accelerate_is_set_up():
+        from accelerate.state import PartialState
 
-    if PartialState._shared_state:
         state = PartialState()
         return state.process_index, state.num_processes
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -158,11 +159,8 @@ class StreamBatches(torch.utils.data.IterableDataset):
         return self.blocks.cut(BlockIndex(lengths, self.blocks.block_size, None), np.arange(count), columns)
 
 
-class StreamDataLoader(DataLoader):
+class StreamDataLoader(SelfPrepared, DataLoader):
     """A ``DataLoader`` of batches of a stream, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves."""
-
-    _is_accelerate_prepared = True  # already split by process: accelerate.prepare hands it back as it is (accelerate issue 3547)
-    use_stateful_dataloader = True  # accelerate's save_state / load_state call state_dict / load_state_dict
 
     def __init__(self, *args: Any, widen_on_device: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -201,9 +199,7 @@ class StreamDataLoader(DataLoader):
             name: np.asarray(values, dtype=bool if name == "starts" else None) for name, values in leftover.items()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from accelerate.state import PartialState
-
-        device = PartialState().device if PartialState._shared_state else None
+        device = accelerate_device()
         for batch in super().__iter__():
             if device is not None and self.widen_on_device:
                 batch.to(device, non_blocking=self.pin_memory)
@@ -219,10 +215,10 @@ def split_stream(stream: IterableDataset) -> IterableDataset:
     A stream split already is this process's part as it is (when processes are known, it must have been split for this one).
     """
     rank, world = process_rank()
-    split = stream._distributed  # datasets records split_dataset_by_node's rank and world size there
+    split = stream_split(stream)
     if split is not None:
-        if world > 1 and (split.rank, split.world_size) != (rank, world):
-            raise ValueError(f"The stream was split for process {split.rank} of {split.world_size} (split_dataset_by_node), but this "
+        if world > 1 and split != (rank, world):
+            raise ValueError(f"The stream was split for process {split[0]} of {split[1]} (split_dataset_by_node), but this "
                              f"is process {rank} of {world}; expected split_dataset_by_node(stream, rank={rank}, world_size={world}), "
                              "or a stream not split at all (hd.dataloader then splits it).")
         return stream

@@ -21,6 +21,7 @@ from typing import Any
 import datasets
 import transformers
 
+from ._compat import signature_columns
 from .infer import infer_plan
 from .layouts import Padded
 from .loader import dataloader
@@ -67,9 +68,9 @@ class DtypeTrainer(transformers.Trainer):
         plan = self._plan(dataset)
         options = {**self.dataloader_options, "plan": plan}
         if args.remove_unused_columns and isinstance(options.get("layout", Padded()), Padded) and "columns" not in options:
-            self._set_signature_columns_if_needed()
+            taken = signature_columns(self)
             names = [*(dataset.column_names or []), *(name for name in plan.derived if name not in (dataset.column_names or []))]
-            options["columns"] = [name for name in names if name in self._signature_columns]
+            options["columns"] = [name for name in names if name in taken]
         workers = args.dataloader_num_workers
         loader = dataloader(
             dataset, batch_size, shuffle=training, drop_last=training and args.dataloader_drop_last,

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from finetune_data import (
     InputError,
@@ -715,13 +714,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, make_dataloaders: Callable[..., Dataloaders] = get_dataloaders) -> dict[str, Any]:
-    """Check ``args`` and run; raises ``InputError`` (a ValueError) on bad input, before training.
-
-    Runs in this process (the tests and ``dtype_study.py`` call it): accelerate's process-wide state
-    of an earlier run in this process (its mixed precision, say) is reset first.
-    """
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    """Check ``args`` and run; raises ``InputError`` (a ValueError) on bad input, before training."""
     return training_function(check_args(args), make_dataloaders)
 
 

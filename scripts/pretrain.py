@@ -41,7 +41,6 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -565,13 +564,7 @@ def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torc
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Check ``args`` and run; raises ``InputError`` (a ValueError) on bad input, before training.
-
-    Runs in this process (the tests call it): accelerate's process-wide state of an earlier run in this process (its
-    mixed precision, say) is reset first.
-    """
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    """Check ``args`` and run; raises ``InputError`` (a ValueError) on bad input, before training."""
     return training_function(check_args(args))
 
 

@@ -23,6 +23,14 @@ if str(SCRIPTS) not in sys.path:
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
+def reset_accelerate() -> None:
+    """accelerate's process-wide state of an earlier run in this process (its mixed precision, say) reset, as a new process has it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 def read_jsonl(path: Path, start: int = 0, stop: int | None = None) -> list[dict]:
     with open(path, encoding="utf-8") as file:
         return [json.loads(line) for line in file.readlines()[start:stop]]

@@ -18,7 +18,7 @@ import hf_dtype as hd
 pytest.register_assert_rewrite("finetune_fixtures")  # it is imported here before pytest_plugins loads it
 
 # isort: off
-from finetune_fixtures import ROOT, ner_argv, parse  # noqa: E402
+from finetune_fixtures import ROOT, ner_argv, parse, reset_accelerate  # noqa: E402
 import finetune  # noqa: E402  (scripts/ is on sys.path once finetune_fixtures is imported)
 import pretrain  # noqa: E402
 # isort: on
@@ -214,6 +214,7 @@ def _finetune(argv: list[str], monkeypatch, dtypes: set) -> dict:
         return model
 
     monkeypatch.setattr(finetune, "build_model", hooked)
+    reset_accelerate()
     return finetune.run(parse(argv))
 
 
@@ -244,7 +245,9 @@ def test_pretrain_bf16_on_the_gpu_gives_the_same_losses_on_both_data_paths(tmp_p
     common = ["--train_file", str(corpus), "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
               "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_train_steps", "12", "--eval_every", "6",
               "--sample_tokens", "8", "--mixed_precision", "bf16"]
+    reset_accelerate()
     compact = pretrain.run(pretrain.parse_args([*common, "--output_dir", str(tmp_path / "compact")]))
+    reset_accelerate()
     default = pretrain.run(pretrain.parse_args([*common, "--output_dir", str(tmp_path / "default"), "--plan", "datasets-default"]))
     assert len(compact["step_losses"]) == len(default["step_losses"]) == 12
     assert all(math.isfinite(loss) for loss in compact["step_losses"])

@@ -21,7 +21,17 @@ import pytest
 pytest.register_assert_rewrite("finetune_fixtures")  # it is imported here before pytest_plugins loads it
 
 # isort: off
-from finetune_fixtures import ROOT, SCRIPTS, free_port, ner_argv, parse, read_jsonl, subprocess_env, write_jsonl  # noqa: E402
+from finetune_fixtures import (  # noqa: E402
+    ROOT,
+    SCRIPTS,
+    free_port,
+    ner_argv,
+    parse,
+    read_jsonl,
+    reset_accelerate,
+    subprocess_env,
+    write_jsonl,
+)
 import finetune  # noqa: E402  (scripts/ is on sys.path once finetune_fixtures is imported)
 import study_support  # noqa: E402
 from finetune_data import CONLL_LABELS, InputError, label_space, tokenize_datasets  # noqa: E402
@@ -39,6 +49,7 @@ def in_tmp_path(tmp_path, monkeypatch):
 
 
 def run(argv: list[str], make_dataloaders=finetune.get_dataloaders) -> dict:
+    reset_accelerate()
     return finetune.run(parse(argv), make_dataloaders)
 
 

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pretrain  # noqa: E402
+from finetune_fixtures import reset_accelerate  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "tinyshakespeare" / "input.txt"
 SCRIPT = str(ROOT / "scripts" / "pretrain.py")
@@ -38,6 +39,7 @@ def _argv(corpus: Path, output: Path, *extra: str) -> list[str]:
 
 
 def _run(corpus: Path, output: Path, *extra: str) -> dict:
+    reset_accelerate()
     return pretrain.run(pretrain.parse_args(_argv(corpus, output, *extra)))
 
 
