@@ -5,15 +5,14 @@ the model needs (the ``"hf_dtype"`` format or ``DtypeTransform``), and batch it 
 Arrow buffers (``dataloader``, ``PaddingCollator``).
 """
 
-from .collator import PaddingCollator
+from .compact import compact
 from .dtypes import LossyCastError
-from .formatting import DtypeTransform
 from .infer import infer_plan
 from .layouts import Blocks, Flat, Padded
 from .loader import dataloader
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
-from .storage import compact
+from .serving import DtypeTransform, PaddingCollator
 
 __all__ = [
     "Blocks",

@@ -10,54 +10,23 @@ become ``labels``, as ``DataCollatorWithPadding`` renames them, so the model com
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .convert import narrows, numpy_dtype, to_compute, to_dtype
-from .dtypes import dtype_name, float32_to_bfloat16_bits, integer_range
-from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
+from .convert import column_spec, derived_values, served
+from .plan import LABEL_ALIASES, DtypePlan
+from .ragged import RowNames, Rows
 
 if TYPE_CHECKING:
     from .layouts import Padded
 
-__all__ = [
-    "PADDING_SIDES", "WIDEN_MODES", "Batch", "RowNames", "Rows", "Spec", "assemble", "column_spec", "length_mask", "pad_rows", "served",
-]
+__all__ = ["PADDING_SIDES", "WIDEN_MODES", "assemble", "length_mask", "pad_rows"]
 
 PADDING_SIDES = ("right", "left")
 WIDEN_MODES = ("device", "cpu")
-
-
-class Batch(dict):
-    """A batch: a dict of tensors that knows its plan, so ``batch.to(device)`` moves it and widens it there.
-
-    ``to`` changes the batch in place and returns it, as ``transformers``' ``BatchEncoding.to`` does
-    (``accelerate``'s ``complete_nlp_example`` calls ``batch.to(device)`` without using the result),
-    and ``accelerate``'s device placement calls it too: the storage bytes cross to the device, and
-    the model gets its compute dtypes there.
-    """
-
-    def __init__(self, *args: Any, plan: DtypePlan | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.plan = plan
-
-    def to(self, device: Any, non_blocking: bool = False) -> Batch:
-        """Move every tensor to ``device`` and widen the planned ones to their compute dtypes there."""
-        moved = {name: value.to(device, non_blocking=non_blocking) if torch.is_tensor(value) else value for name, value in self.items()}
-        self.update(moved if self.plan is None else self.plan.widen(moved, non_blocking=non_blocking))
-        return self
-
-    def __reduce__(self) -> tuple:
-        return (_rebuild_batch, (dict(self), self.plan))
-
-
-def _rebuild_batch(items: dict[str, Any], plan: DtypePlan | None) -> Batch:
-    return Batch(items, plan=plan)
 
 
 _COLUMNS = np.arange(4096)
@@ -111,75 +80,6 @@ def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.n
     return out
 
 
-class RowNames:
-    """How a range error names a row of a batch (``"3 of the batch"``, ``"3 (block 17)"``), made only when one is needed."""
-
-    def __init__(self, template: str, keys: Sequence[Any] | None = None) -> None:
-        self.template, self.keys = template, keys
-
-    def __getitem__(self, i: int) -> str:
-        return self.template.format(i=i, key=None if self.keys is None else self.keys[i])
-
-
-@dataclass
-class Rows:
-    """One column of a batch before padding: a flat source and each row's place in it, or one number per row.
-
-    ``values`` is a flat array or a ``take(positions, groups)`` function; ``starts`` is None for a
-    column of numbers (``values`` is then the batch). ``dtype`` is the dtype of the values.
-    """
-
-    values: Any
-    dtype: np.dtype
-    starts: np.ndarray | None = None
-    lengths: np.ndarray | None = None
-    groups: np.ndarray | None = None
-    windows: Callable[[int], np.ndarray | None] | None = None
-
-
-class Spec(NamedTuple):
-    """How one column of a batch is padded and served."""
-
-    entry: ColumnDtype
-    pad: np.ndarray  # a 0-d array of ``work`` (numpy fills from it faster than from a scalar)
-    work: np.dtype  # the dtype it is padded in
-    stored: bool  # the padded array is already in the storage dtype (``widen="device"`` serves it as is)
-    compute: np.dtype | None  # ``widen="cpu"`` serves ``astype(compute)`` (None: through ``to_compute``, which checks)
-
-
-@functools.cache
-def column_spec(entry: ColumnDtype | None, dtype: np.dtype) -> Spec:
-    """The spec of a column read in ``dtype``: padded in that dtype where it holds the pad; an unplanned column is served
-    as ``torch.tensor`` would serve it."""
-    entry = entry or ColumnDtype(storage=dtype_name(dtype))
-    pad = entry.pad_value
-    if entry.storage == "bfloat16" and dtype == np.uint16:
-        return Spec(entry, float32_to_bfloat16_bits(np.array([pad], dtype=np.float32)).reshape(()), dtype, False, None)
-    low, high = integer_range(dtype_name(dtype)) if dtype.kind != "f" else (-np.inf, np.inf)
-    fits = dtype.kind == "f" or (float(pad).is_integer() and low <= pad <= high)
-    work = dtype if fits else np.dtype(np.float64 if isinstance(pad, float) else np.int64)
-    plain = entry.served_dtype != "bfloat16" and not narrows(dtype_name(work), entry.served_dtype)
-    return Spec(entry, np.asarray(pad).astype(work), work, dtype_name(work) == entry.storage,
-                 numpy_dtype(entry.served_dtype) if plain else None)
-
-
-def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequence[int] | RowNames) -> torch.Tensor:
-    """A padded column as a tensor in its compute dtype (``widen="cpu"``) or its storage dtype (bfloat16 bits viewed);
-    ``rows`` name the batch's rows in a range error."""
-    entry = spec.entry
-    if widen == "cpu" and spec.compute is not None:
-        return torch.from_numpy(values.astype(spec.compute, copy=False))
-    if widen == "device" and spec.stored:
-        return torch.from_numpy(values)
-    if widen == "device" and entry.storage == "bfloat16" and values.dtype == np.uint16:
-        return torch.from_numpy(values).view(torch.bfloat16)
-    width = values.shape[1] if values.ndim == 2 else 1
-    options = dict(owned=True, column=column, row_of=lambda i: rows[i // width])
-    if widen == "cpu":
-        return to_compute(values, entry, "torch", **options)
-    return to_dtype(values, entry.storage or "bool", "torch", storage=True, **options)
-
-
 def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: Padded,
              rows: Sequence[int] | RowNames) -> dict[str, torch.Tensor]:
     """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and the bound
@@ -223,11 +123,7 @@ def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str],
             continue
         entry = plan.columns.get(name)
         if entry is not None and entry.derived is not None and entry.lengths_from in lengths_of:
-            mask = lengths_of[entry.lengths_from][2]
-            dtype = np.dtype(bool) if options.widen == "device" else numpy_dtype(entry.served_dtype)
-            values = mask.astype(dtype) if entry.derived == "ones" else np.zeros(mask.shape, dtype=dtype)
-            tensor = torch.from_numpy(values)
-            batch[name] = tensor.to(torch.bfloat16) if options.widen == "cpu" and entry.served_dtype == "bfloat16" else tensor
+            batch[name] = derived_values(entry, lengths_of[entry.lengths_from][2], stored=options.widen == "device")
     if "labels" not in batch:
         for alias in LABEL_ALIASES:
             if alias in batch:

@@ -32,11 +32,11 @@ import datasets
 import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 
+from .compact import compact
 from .dtypes import DTYPE_NAMES, LossyCastError
 from .infer import ColumnStats, dataset_stats, infer_plan
 from .plan import ColumnDtype, DtypePlan
 from .staging import check_writable, foreign_entries, publish, remove_stale_staging, staged
-from .storage import compact
 
 __all__ = ["main"]
 

@@ -20,11 +20,10 @@ import torch
 from datasets import Dataset
 
 from ._compat import indices_mapping
-from .arrow import ArrowColumn
-from .batching import Rows
 from .layouts import Blocks, Layout, Padded
 from .packing import BlockIndex
 from .plan import DtypePlan
+from .ragged import ArrowColumn, Rows
 
 __all__ = ["BatchFetcher", "BlockFetcher"]
 

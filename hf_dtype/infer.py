@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict
 
 from ._compat import indices_mapping
-from .arrow import arrow_leaf_dtype, flatten_leaf, list_depth
 from .dtypes import bfloat16_bits_to_float32, canonical_dtype, integer_range, is_float, narrow_float, smallest_integer_dtype
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
+from .ragged import arrow_leaf_dtype, flatten_leaf, list_depth
 from .recording import leaf_feature, plan_of_features
 
 __all__ = ["ColumnStats", "dataset_stats", "infer_plan", "table_stats"]

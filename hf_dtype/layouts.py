@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .arrow import arrow_leaf_dtype, list_depth
-from .batching import PADDING_SIDES, Rows, assemble
+from .batching import PADDING_SIDES, assemble
 from .dtypes import dtype_name, is_float
 from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, label_entry, packed_plan
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
+from .ragged import Rows, arrow_leaf_dtype, list_depth
 
 __all__ = ["Blocks", "Flat", "Layout", "Padded", "check_count"]
 

@@ -32,7 +32,8 @@ from datasets import Dataset, IterableDataset
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from ._compat import SelfPrepared, accelerate_device, accelerate_loaders
-from .batching import WIDEN_MODES, Batch
+from .batching import WIDEN_MODES
+from .convert import Batch
 from .fetch import BatchFetcher, BlockFetcher
 from .layouts import Blocks, Layout, Padded, check_count
 from .plan import DtypePlan, as_plan

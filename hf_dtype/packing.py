@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batching import RowNames, Rows, column_spec, served
+from .convert import column_spec, served
 from .dtypes import dtype_name, integer_range, smallest_integer_dtype
 from .plan import ColumnDtype, DtypePlan
+from .ragged import RowNames, Rows, offsets_of, positions_in_rows
 
 __all__ = ["BlockIndex", "check_separator", "cut_blocks", "flatten_rows", "label_entry", "packed_plan"]
 
@@ -72,9 +73,8 @@ def flatten_rows(columns: Mapping[str, Rows], plan: DtypePlan, *, token: str, la
     if not keep.any():
         raise ValueError(f"Every row of this batch has an empty {token!r}: a flat batch needs at least one token.")
     lengths = ids.lengths[keep]
-    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
-    within = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lengths)
+    bounds = offsets_of(lengths)
+    within = positions_in_rows(lengths, bounds)
     groups = None if ids.groups is None else np.repeat(ids.groups[keep], lengths)
     values = _gather(ids, np.repeat(ids.starts[keep], lengths) + within, groups)
     if labels is not None:
@@ -110,11 +110,10 @@ class BlockIndex:
         self.lengths = lengths
         self.block_size = block_size
         self.separator = separator
-        self.stream = np.zeros(len(lengths) + 1, dtype=np.int64)  # where each row starts in the stream
-        np.cumsum(lengths + (separator is not None), out=self.stream[1:])
+        self.stream = offsets_of(lengths + (separator is not None))  # where each row starts in the stream
         self.group_starts = self.stream[:-1][::group_rows] if group_rows else self.stream[:1]  # where each group starts
         per_group = np.diff(np.append(self.group_starts, self.stream[-1])) // block_size
-        self.first_blocks = np.concatenate([[0], np.cumsum(per_group)[:-1]]).astype(np.int64)  # each group's first block
+        self.first_blocks = offsets_of(per_group)[:-1]  # each group's first block
         self.num_blocks = int(per_group.sum())
 
     def block_starts(self, blocks: np.ndarray) -> np.ndarray:
@@ -138,7 +137,7 @@ class BlockIndex:
         last = self.stream.searchsorted(starts + size - 1, side="right") - 1
         inside = last - first  # rows (empty ones too) that start inside each block, after its first token
         block_of = np.repeat(np.arange(len(blocks)), inside)
-        rank = np.arange(len(block_of)) - np.repeat(np.cumsum(inside) - inside, inside)
+        rank = positions_in_rows(inside)
         at = self.stream[np.repeat(first + 1, inside) + rank] - starts[block_of]
         marks = np.bincount(block_of * size + at, minlength=len(blocks) * size).reshape(len(blocks), size)
         row = first[:, None] + np.cumsum(marks, axis=1)

@@ -20,7 +20,7 @@ batch to ``accelerate``'s device itself (and widens it there, with ``widen="auto
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,11 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from ._compat import SelfPrepared, accelerate_device, accelerate_is_set_up, stream_split
-from .arrow import flatten_leaf
-from .batching import RowNames, Rows
 from .layouts import Blocks, Layout
 from .packing import BlockIndex
+from .ragged import RowNames, Rows, offsets_of, positions_in_rows, rows_of_table
 
-__all__ = ["StreamBatches", "StreamDataLoader", "process_rank", "rows_of_table", "split_stream"]
+__all__ = ["StreamBatches", "StreamDataLoader", "process_rank", "split_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +50,6 @@ def process_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def rows_of_table(table: pa.Table, names: Sequence[str]) -> dict[str, Rows]:
-    """The columns ``names`` of a record batch as ``Rows``: list values are read-only views of its buffers (the layouts
-    gather from them), numbers a copy (a batch of numbers is served as it is)."""
-    columns = {}
-    for name in names:
-        leaf, levels = flatten_leaf(table.column(name))
-        values = leaf.to_numpy(zero_copy_only=False)
-        if not levels:
-            columns[name] = Rows(np.array(values), values.dtype)
-        else:
-            offsets = levels[0].astype(np.int64)
-            columns[name] = Rows(values, values.dtype, offsets[:-1], np.diff(offsets))
-    return columns
 
 
 class StreamBatches(torch.utils.data.IterableDataset):
@@ -135,9 +119,8 @@ class StreamBatches(torch.utils.data.IterableDataset):
         """A record batch's rows end to end (a separator after each, -100 in a label column), and where each row starts."""
         separator, lengths = self.blocks.separator_id, rows[self.read[0]].lengths
         size = lengths + (separator is not None)
-        bounds = np.zeros(len(size) + 1, dtype=np.int64)
-        np.cumsum(size, out=bounds[1:])
-        within = np.arange(bounds[-1]) - np.repeat(bounds[:-1], size)
+        bounds = offsets_of(size)
+        within = positions_in_rows(size, bounds)
         laid = {"starts": np.zeros(bounds[-1], dtype=bool)}
         laid["starts"][bounds[:-1][size > 0]] = True
         last = np.repeat(np.maximum(lengths - 1, 0), size)

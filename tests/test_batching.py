@@ -19,7 +19,7 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 
 import hf_dtype as hd
 from hf_dtype.batching import length_mask, pad_rows
-from hf_dtype.collator import pad_batch
+from hf_dtype.serving import pad_batch
 
 datasets.disable_progress_bars()
 

@@ -90,8 +90,8 @@ def test_temporary_cache_dir_is_made_again_and_put_back():
     assert datasets.fingerprint.get_temporary_cache_files_directory() == before
 
 
-@pytest.mark.parametrize("module", ["batching", "cli", "collator", "fetch", "formatting", "infer", "layouts", "loader", "packing",
-                                    "plan", "staging", "storage", "streams", "trainer"])
+@pytest.mark.parametrize("module", ["batching", "cli", "convert", "fetch", "infer", "layouts", "loader", "packing", "plan", "ragged",
+                                    "serving", "staging", "compact", "streams", "trainer"])
 def test_no_other_module_reaches_a_private_name_of_another_library(module):
     from pathlib import Path
 

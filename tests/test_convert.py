@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hf_dtype as hd
-from hf_dtype.collator import pad_batch
+from hf_dtype.serving import pad_batch
 
 PLAN = {
     "input_ids": {"storage": "uint16", "pad": 0},

@@ -180,7 +180,7 @@ def test_more_processes_than_rows(monkeypatch):
 
 def test_table_of_a_stream():
     table = pa.table({"input_ids": pa.array([[1, 2], [3]], pa.list_(pa.uint8()))})
-    from hf_dtype.streams import rows_of_table
+    from hf_dtype.ragged import rows_of_table
 
     rows = rows_of_table(table, ["input_ids"])["input_ids"]
     assert rows.starts.tolist() == [0, 2] and rows.lengths.tolist() == [2, 1]

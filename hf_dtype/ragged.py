@@ -1,4 +1,4 @@
-"""Arrow columns as numpy: flattened list levels, row lengths, and zero-copy views to gather rows from.
+"""Ragged rows, from Arrow or from Python: list levels, offsets, lengths, starts, and zero-copy views to gather rows from.
 
 A memory-mapped dataset is one file of many record batches, so every chunk's buffers are slices of
 one memory map. ``ArrowColumn`` sees each buffer through one numpy view of the memory block it lies
@@ -9,15 +9,35 @@ get one view per block. Views are read-only and never leave the library: a gathe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from numpy.lib.stride_tricks import as_strided
 
-from .dtypes import canonical_dtype
+from .dtypes import canonical_dtype, to_torch
 
-__all__ = ["ArrowColumn", "arrow_leaf_dtype", "flatten_leaf", "is_list_type", "leaf_row", "row_lengths", "with_leaf_type"]
+__all__ = [
+    "ArrowColumn", "RowNames", "Rows", "arrow_leaf_dtype", "flatten_leaf", "is_list_type", "leaf_row", "offsets_of", "positions_in_rows",
+    "row_lengths", "rows_of_table", "rows_of_values", "with_leaf_type",
+]
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """Where each of rows of ``lengths`` starts when they are laid end to end, and where the last one stops (``len + 1`` int64)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def positions_in_rows(lengths: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """For every value of rows of ``lengths`` laid end to end, its place in its row: ``0, 1, .., n-1`` per row."""
+    offsets = offsets_of(lengths) if offsets is None else offsets
+    return np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
 
 
 def is_list_type(arrow_type: pa.DataType) -> bool:
@@ -166,8 +186,7 @@ class ArrowColumn:
                 raise ValueError(f"Column {name!r} has a null {kind}; fill or drop nulls before batching.")
         self.dtype = np.dtype(leaves[0].type.to_pandas_dtype())
         self.values = _Views([leaf.buffers()[1] for leaf in leaves], [leaf.offset for leaf in leaves], self.dtype)
-        self.starts = np.zeros(len(chunks) + 1, dtype=np.int64)
-        np.cumsum([len(chunk) for chunk in chunks], out=self.starts[1:])
+        self.starts = offsets_of(np.array([len(chunk) for chunk in chunks], dtype=np.int64))
         row_offsets = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
         self.offsets = None
         self._pairs = None  # every row's (first, stop) offsets as one strided view, when the offsets are one view
@@ -237,3 +256,81 @@ class ArrowColumn:
         """For a column of numbers: a copy of the value of each row."""
         groups = None if len(self.values.views) == 1 else self.values.group[0 if chunk is None else chunk]
         return self.values.take(self._at(rows, chunk), groups)
+
+
+class RowNames:
+    """How a range error names a row of a batch (``"3 of the batch"``, ``"3 (block 17)"``), made only when one is needed."""
+
+    def __init__(self, template: str, keys: Sequence[Any] | None = None) -> None:
+        self.template, self.keys = template, keys
+
+    def __getitem__(self, i: int) -> str:
+        return self.template.format(i=i, key=None if self.keys is None else self.keys[i])
+
+
+@dataclass
+class Rows:
+    """One column of a batch before padding: a flat source and each row's place in it, or one number per row.
+
+    ``values`` is a flat array or a ``take(positions, groups)`` function; ``starts`` is None for a
+    column of numbers (``values`` is then the batch). ``dtype`` is the dtype of the values.
+    """
+
+    values: Any
+    dtype: np.dtype
+    starts: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    windows: Callable[[int], np.ndarray | None] | None = None
+
+
+def rows_of_table(table: pa.Table, names: Sequence[str]) -> dict[str, Rows]:
+    """The columns ``names`` of a record batch as ``Rows``: list values are read-only views of its buffers (the layouts
+    gather from them), numbers a copy (a batch of numbers is served as it is)."""
+    columns = {}
+    for name in names:
+        leaf, levels = flatten_leaf(table.column(name))
+        values = leaf.to_numpy(zero_copy_only=False)
+        if not levels:
+            columns[name] = Rows(np.array(values), values.dtype)
+        else:
+            offsets = levels[0].astype(np.int64)
+            columns[name] = Rows(values, values.dtype, offsets[:-1], np.diff(offsets))
+    return columns
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):  # numpy has no bfloat16; float32 holds it exactly
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == to_torch("bfloat16") else value).numpy()
+    return np.asarray(value)
+
+
+def rows_of_values(name: str, values: list[Any]) -> Rows:
+    """A column of given rows as ``Rows``: the values end to end and each row's length (numbers: one per row)."""
+    nested = ValueError(f"Column {name!r}: rows must all be numbers or all be flat lists of numbers (lists of lists cannot be padded).")
+    if all(type(value) is list for value in values):  # the common case, without one numpy array per row
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        try:
+            flat = np.array(list(itertools.chain.from_iterable(values)))
+        except ValueError:
+            raise nested from None
+        if flat.ndim != 1:
+            raise nested
+        flat = flat if flat.size else flat.astype(np.int64)
+    else:
+        arrays = [_as_numpy(value) for value in values]
+        depths = {array.ndim for array in arrays}
+        if len(depths) > 1 or max(depths) > 1:
+            raise nested
+        if depths == {0}:
+            flat, lengths = np.stack(arrays), None
+        else:
+            lengths = np.fromiter((len(array) for array in arrays), dtype=np.int64, count=len(arrays))
+            filled = [array for array in arrays if array.size]
+            flat = np.concatenate(filled) if filled else np.zeros(0, dtype=np.int64)
+    if flat.dtype.kind not in "biuf":
+        raise ValueError(f"Column {name!r} holds {flat.dtype} values; only numbers and lists of numbers can be padded.")
+    if lengths is None:
+        return Rows(flat, flat.dtype)
+    return Rows(flat, flat.dtype, offsets_of(lengths)[:-1], lengths)

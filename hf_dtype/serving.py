@@ -1,4 +1,4 @@
-"""Serving in compute dtypes, per column: the ``"hf_dtype"`` formatter and ``DtypeTransform``.
+"""Serving in compute dtypes, per column: the ``"hf_dtype"`` formatter, ``DtypeTransform`` and ``PaddingCollator``.
 
 ``ds.with_format("hf_dtype", plan=plan, backend="torch")`` reads each planned column straight from
 its Arrow buffers and hands it out in the plan's compute dtype (``datasets``' own ``dtype=`` is one
@@ -6,7 +6,9 @@ dtype for all columns); derived columns are rebuilt from row lengths, and column
 are served as ``datasets`` serves them, except uint64 values at or above 2**63, which it wraps to
 negative int64: numpy serves them as exact uint64, torch refuses them by column, row and value.
 ``DtypeTransform`` does the same for ``set_transform``, which hands it Python lists, and is the
-explicit-plan route for streams. Every value served is memory the caller owns (``convert.to_compute``).
+explicit-plan route for streams. ``PaddingCollator`` is the ``Padded`` layout applied to rows given
+(lists, arrays or tensors), a vectorized drop-in for the transformers padding collators. Every value
+served is memory the caller owns (``convert.to_compute``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from datasets.formatting import NumpyFormatter
 from datasets.formatting.formatting import TensorFormatter
 
 from ._compat import register_formatter
-from .arrow import arrow_leaf_dtype, flatten_leaf, is_list_type, leaf_row, list_depth
-from .convert import check_backend, numpy_dtype, to_compute, to_dtype
-from .dtypes import LossyCastError, integer_range, is_float, to_torch
-from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan, as_plan
+from .batching import WIDEN_MODES
+from .convert import check_backend, derived_values, to_compute, to_dtype
+from .dtypes import LossyCastError, integer_range, is_float
+from .layouts import Padded
+from .plan import ColumnDtype, DtypePlan, as_plan
+from .ragged import RowNames, arrow_leaf_dtype, flatten_leaf, is_list_type, leaf_row, list_depth, offsets_of, rows_of_values
 from .recording import NO_PLAN, plan_of_features
 
-__all__ = ["DtypeTransform", "HfDtypeFormatter"]
+__all__ = ["DtypeTransform", "HfDtypeFormatter", "PaddingCollator", "pad_batch"]
 
 
 def _nest(values: Any, levels: Sequence[np.ndarray]) -> Any:
@@ -138,12 +142,8 @@ class _Server:
             lengths = None if name in out else lengths_of(entry.lengths_from)
             if lengths is None:
                 continue
-            flat = np.full(int(lengths.sum()), DERIVED_KINDS[entry.derived], dtype=numpy_dtype(entry.served_dtype))
-            if self.backend == "torch":
-                import torch
-
-                flat = torch.from_numpy(flat).to(to_torch(entry.served_dtype))
-            out[name] = _nest(flat, [np.concatenate([[0], np.cumsum(lengths)])])
+            flat = derived_values(entry, np.ones(int(lengths.sum()), dtype=bool), stored=False, backend=self.backend)
+            out[name] = _nest(flat, [offsets_of(lengths)])
 
 
 class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
@@ -204,7 +204,7 @@ register_formatter(HfDtypeFormatter, "hf_dtype", aliases=["hf-dtype"])
 def _flatten_python(rows: list) -> tuple[list, list[np.ndarray]]:
     levels = []
     while rows and isinstance(rows[0], (list, tuple, np.ndarray)):
-        levels.append(np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64))
+        levels.append(offsets_of(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))))
         rows = list(itertools.chain.from_iterable(rows))
     return rows, levels
 
@@ -262,3 +262,60 @@ class DtypeTransform:
 
         server.add_derived(out, lengths_of)
         return out
+
+
+def pad_batch(rows: Sequence[Mapping[str, Any]], plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None,
+              max_length: int | None = None, padding_side: str = "right", widen: str = "cpu") -> dict[str, Any]:
+    """Pad ``rows`` (dicts of lists, numpy arrays or tensors) into one batch of tensors, per the plan.
+
+    List values are padded to the longest row (rounded up to ``pad_to_multiple_of``, or to
+    ``max_length``) with their column's pad value; numbers become a 1-D tensor; derived columns missing
+    from the rows are rebuilt from their source's row lengths; text stays a list. ``widen="cpu"`` gives
+    the compute dtypes, ``"device"`` the storage dtypes (range-checked). ``label`` / ``label_ids`` become ``labels``.
+    """
+    return PaddingCollator(plan, pad_to_multiple_of=pad_to_multiple_of, max_length=max_length, padding_side=padding_side,
+                           widen=widen)(rows)
+
+
+class PaddingCollator:
+    """A ``collate_fn`` for a row-wise ``DataLoader``: the ``Padded`` layout applied to rows given, a vectorized drop-in for
+    ``DataCollatorWithPadding`` and ``DataCollatorForTokenClassification``, padding each column with its plan's pad value.
+
+    Args:
+        plan: the dtype plan (pad values, compute and storage dtypes, derived columns).
+        pad_to_multiple_of, max_length, padding_side: as in ``hd.Padded`` (and the transformers collators).
+        widen: ``"cpu"`` (default) for compute dtypes, ``"device"`` for storage dtypes.
+    """
+
+    def __init__(self, plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None, max_length: int | None = None,
+                 padding_side: str = "right", widen: str = "cpu") -> None:
+        if plan is None:
+            raise ValueError("PaddingCollator needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
+        if widen not in WIDEN_MODES:
+            raise ValueError(f"widen must be one of {WIDEN_MODES} ('device': storage dtypes, 'cpu': compute dtypes); got {widen!r}.")
+        self.plan = as_plan(plan)
+        self.layout = Padded(pad_to_multiple_of, max_length, padding_side)
+        self.widen = widen
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            return {}
+        names = list(rows[0])
+        missing = next(((i, name) for i, row in enumerate(rows) for name in names if name not in row), None)
+        if missing is not None:
+            raise ValueError(f"Row {missing[0]} has no {missing[1]!r}; every row needs the keys of the first row {names}.")
+        columns, text = {}, {}
+        for name in names:
+            values = [row[name] for row in rows]
+            first = values[0]
+            if isinstance(first, (str, bytes)) or (isinstance(first, (list, tuple)) and first and isinstance(first[0], str)):
+                text[name] = values
+            else:
+                columns[name] = rows_of_values(name, values)
+        plan = self.plan.resolve([name for name, column in columns.items() if column.starts is not None])
+        names = [*names, *(name for name in plan.derived if name not in names)]
+        layout = self.layout.bind_rows(plan, columns, names, self.widen)
+        return {**layout(columns, RowNames("{i} of the batch")), **text}
+
+    def __repr__(self) -> str:
+        return f"PaddingCollator({self.plan!r}, {self.layout!r}, widen={self.widen!r})"
