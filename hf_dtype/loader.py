@@ -36,8 +36,8 @@ from .batching import WIDEN_MODES
 from .convert import Batch
 from .fetch import BatchFetcher, BlockFetcher
 from .layouts import Blocks, Layout, Padded, check_count
-from .plan import DtypePlan, as_plan
-from .recording import NO_PLAN, plan_of
+from .plan import DtypePlan
+from .recording import require_plan
 from .streams import StreamBatches, StreamDataLoader, process_rank, split_stream
 
 __all__ = ["ArrowDataLoader", "AsBatch", "EpochBatchSampler", "EpochSampler", "dataloader"]
@@ -304,10 +304,7 @@ def dataloader(
     taken = sorted(set(dataloader_kwargs) & set(_SET_BY_DATALOADER))
     if taken:
         raise TypeError(f"dataloader sets {taken} itself; pass batch_size=, shuffle=, drop_last= as its own arguments.")
-    plan = as_plan(plan) or plan_of(dataset)
-    if plan is None:
-        raise ValueError(NO_PLAN.replace(", pass plan= to Dataset.with_format, or apply hd.DtypeTransform(plan): ds.with_transform(...) "
-                                         "on a Dataset, stream.map(..., batched=True) on a stream.", " or pass plan=."))
+    plan = require_plan(plan, dataset, "dataloader")
     widen_on_device = widen == "auto" and getattr(accelerate_device(), "type", "cpu") != "cpu"
     stream = isinstance(dataset, IterableDataset)
     schema = _stream_schema(dataset) if stream else dataset.data.table.schema

@@ -18,12 +18,29 @@ from datasets import ClassLabel, Features, LargeList, List, Value
 from .dtypes import to_numpy
 from .plan import ColumnDtype, DtypePlan
 
-__all__ = ["NO_PLAN", "leaf_feature", "plan_of", "plan_of_features", "record_plan"]
+__all__ = ["leaf_feature", "plan_of", "plan_of_features", "record_plan", "require_plan"]
 
 _MARKER = "hf_dtype/1 "
 
-NO_PLAN = ("The dataset carries no dtype plan: compact it first (hd.compact, lazy on a stream), pass plan= to Dataset.with_format, "
-           "or apply hd.DtypeTransform(plan): ds.with_transform(...) on a Dataset, stream.map(..., batched=True) on a stream.")
+_WAYS = {
+    "with_format": "pass plan= to Dataset.with_format, or apply hd.DtypeTransform(plan): ds.with_transform(...) on a Dataset, "
+                   "stream.map(..., batched=True) on a stream",
+    "dataloader": "or pass plan= to hd.dataloader",
+}
+
+
+def require_plan(given: DtypePlan | Any | None, recorded_in: Any, user: str) -> DtypePlan:
+    """The plan ``given`` (a ``DtypePlan`` or its dict form), else the one recorded in ``recorded_in``; else one error
+    that says how to give one. ``user`` names the caller: ``"with_format"``, ``"dataloader"``, ``"DtypeTransform"``,
+    ``"PaddingCollator"`` (these two take a plan only as given)."""
+    plan = given if given is None or isinstance(given, DtypePlan) else DtypePlan(given)
+    if plan is None and recorded_in is not None:
+        plan = plan_of(recorded_in)
+    if plan is not None:
+        return plan
+    if user in _WAYS:
+        raise ValueError(f"The dataset carries no dtype plan: compact it first (hd.compact, lazy on a stream), {_WAYS[user]}.")
+    raise ValueError(f"{user} needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
 
 
 def leaf_feature(feature: Any) -> Any:

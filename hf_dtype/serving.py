@@ -29,9 +29,9 @@ from .batching import WIDEN_MODES
 from .convert import check_backend, derived_values, to_compute, to_dtype
 from .dtypes import LossyCastError, integer_range, is_float
 from .layouts import Padded
-from .plan import ColumnDtype, DtypePlan, as_plan
+from .plan import ColumnDtype, DtypePlan
 from .ragged import RowNames, arrow_leaf_dtype, flatten_leaf, is_list_type, leaf_row, list_depth, offsets_of, rows_of_values
-from .recording import NO_PLAN, plan_of_features
+from .recording import require_plan
 
 __all__ = ["DtypeTransform", "HfDtypeFormatter", "PaddingCollator", "pad_batch"]
 
@@ -156,9 +156,7 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
     def __init__(self, features=None, token_per_repo_id=None, plan: DtypePlan | Mapping | None = None,
                  backend: str = "torch", **kwargs) -> None:
         super().__init__(features=features, token_per_repo_id=token_per_repo_id)
-        plan = as_plan(plan) or plan_of_features(features)
-        if plan is None:
-            raise ValueError(NO_PLAN)
+        plan = require_plan(plan, features, "with_format")
         if plan.derived:
             schema = features.arrow_schema if features else pa.schema([])
             plan = plan.resolve([field.name for field in schema if list_depth(field.type) == 1])
@@ -222,10 +220,7 @@ class DtypeTransform:
     """
 
     def __init__(self, plan: DtypePlan | Mapping, backend: str = "torch", before: Callable[[dict], dict] | None = None) -> None:
-        plan = as_plan(plan)
-        if plan is None:
-            raise ValueError("DtypeTransform needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
-        self.plan = plan
+        self.plan = require_plan(plan, None, "DtypeTransform")
         self.backend = check_backend(backend)
         self.before = before
 
@@ -289,11 +284,9 @@ class PaddingCollator:
 
     def __init__(self, plan: DtypePlan | Mapping, *, pad_to_multiple_of: int | None = None, max_length: int | None = None,
                  padding_side: str = "right", widen: str = "cpu") -> None:
-        if plan is None:
-            raise ValueError("PaddingCollator needs a plan: a DtypePlan or its dict form (hd.plan_of(ds) reads a recorded one).")
         if widen not in WIDEN_MODES:
             raise ValueError(f"widen must be one of {WIDEN_MODES} ('device': storage dtypes, 'cpu': compute dtypes); got {widen!r}.")
-        self.plan = as_plan(plan)
+        self.plan = require_plan(plan, None, "PaddingCollator")
         self.layout = Padded(pad_to_multiple_of, max_length, padding_side)
         self.widen = widen
 

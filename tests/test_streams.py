@@ -147,7 +147,8 @@ def test_accelerate_save_state_keeps_the_position_of_a_stream(small, tmp_path):
 
 def test_a_stream_without_a_plan():
     stream = _rows().to_iterable_dataset()
-    with pytest.raises(ValueError, match=r"no dtype plan: compact it first \(hd.compact, lazy on a stream\) or pass plan=\."):
+    with pytest.raises(ValueError, match=r"no dtype plan: compact it first \(hd.compact, lazy on a stream\), or pass plan= to "
+                                         r"hd.dataloader\."):
         hd.dataloader(stream, 4)
     with pytest.raises(ValueError, match=r"no dtype plan.*stream\.map\(\.\.\., batched=True\) on a stream"):
         next(iter(stream.with_format("hf_dtype")))
