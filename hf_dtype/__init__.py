@@ -8,7 +8,7 @@ Arrow buffers (``dataloader``, ``PaddingCollator``).
 from .compact import compact
 from .dtypes import LossyCastError
 from .infer import infer_plan
-from .layouts import Blocks, Flat, Padded
+from .layouts import Blocks, Flat, MaskedLM, Padded
 from .loader import dataloader
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
@@ -22,6 +22,7 @@ __all__ = [
     "DtypeTransform",
     "Flat",
     "LossyCastError",
+    "MaskedLM",
     "Padded",
     "PaddingCollator",
     "compact",

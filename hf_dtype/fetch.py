@@ -166,7 +166,7 @@ class BlockFetcher:
         if len(blocks) and (min(blocks) < 0 or max(blocks) >= index.num_blocks):
             bad = next(int(b) for b in blocks if not 0 <= b < index.num_blocks)
             raise IndexError(f"Block {bad} is out of range: the stream holds {index.num_blocks} blocks of {index.block_size} tokens.")
-        return self.layout.cut(index, np.asarray(blocks, dtype=np.int64), columns)
+        return self.layout.cut(index, np.asarray(blocks, dtype=np.int64), columns, getattr(blocks, "epoch", 0))
 
     def __getitem__(self, block: int) -> dict[str, torch.Tensor]:
         return {name: value[0] for name, value in self.__getitems__([block]).items()}

@@ -35,7 +35,7 @@ from ._compat import SelfPrepared, accelerate_device, accelerate_loaders
 from .batching import WIDEN_MODES
 from .convert import Batch
 from .fetch import BatchFetcher, BlockFetcher
-from .layouts import Blocks, Layout, Padded, check_count
+from .layouts import Blocks, Layout, MaskedLM, Padded, check_count
 from .plan import DtypePlan
 from .recording import require_plan
 from .streams import StreamBatches, StreamDataLoader, process_rank, split_stream
@@ -43,6 +43,14 @@ from .streams import StreamBatches, StreamDataLoader, process_rank, split_stream
 __all__ = ["ArrowDataLoader", "AsBatch", "EpochBatchSampler", "EpochSampler", "dataloader"]
 
 _SET_BY_DATALOADER = ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last", "dataset")
+
+
+class EpochBatch(list):
+    """The row (or block) indices of one batch, and the epoch of the pass they belong to (masked-LM layouts draw by it)."""
+
+    def __init__(self, indices: list[int], epoch: int) -> None:
+        super().__init__(indices)
+        self.epoch = epoch
 
 
 class EpochSampler(Sampler[int]):
@@ -71,20 +79,21 @@ class EpochSampler(Sampler[int]):
         self.current, self.epoch = self.epoch, self.epoch + 1
         return self.order(self.current)
 
-    def batches(self, batch_size: int, drop_last: bool) -> Iterator[np.ndarray]:
-        """The batches of the pass that starts now; the pass counts as done once its last batch is handed out."""
+    def batches(self, batch_size: int, drop_last: bool) -> Iterator[EpochBatch]:
+        """The batches of the pass that starts now, each with its epoch; the pass counts as done once its last batch is out."""
         order = self.start_pass()
+        epoch = self.current
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         starts = range(0, stop, batch_size)
         for i, start in enumerate(starts):
             if i == len(starts) - 1:
                 self.current = None
-            yield order[start:start + batch_size]
+            yield EpochBatch(order[start:start + batch_size].tolist(), epoch)
         self.current = None
 
     def __iter__(self) -> Iterator[int]:
         for block in self.batches(1 << 16, drop_last=False):
-            yield from block.tolist()
+            yield from block
 
     def state_dict(self) -> dict[str, int]:
         """The epoch a resumed run starts in: the one under way, or the next when none is."""
@@ -120,8 +129,7 @@ class EpochBatchSampler(BatchSampler):
         self.sampler.set_epoch(epoch)
 
     def _all(self) -> Iterator[list[int]]:
-        for batch in self.sampler.batches(self.batch_size, self.drop_last):
-            yield batch.tolist()
+        return self.sampler.batches(self.batch_size, self.drop_last)
 
     def _shard(self) -> BatchSampler | None:
         rank, world = process_rank()
@@ -308,8 +316,10 @@ def dataloader(
     widen_on_device = widen == "auto" and getattr(accelerate_device(), "type", "cpu") != "cpu"
     stream = isinstance(dataset, IterableDataset)
     schema = _stream_schema(dataset) if stream else dataset.data.table.schema
-    layout = layout.bind(schema, plan, columns, "device" if widen_on_device or widen == "device" else "cpu")
+    layout = layout.bind(schema, plan, columns, "device" if widen_on_device or widen == "device" else "cpu", int(seed))
     if stream:
+        if isinstance(layout, MaskedLM):
+            raise ValueError("hd.MaskedLM batches come from a Dataset for now: a stream's rows have no index to draw their masks by.")
         if isinstance(layout, Blocks) and layout.group_rows is not None:
             raise ValueError("group_rows applies to a Dataset: a stream's blocks are cut as its rows arrive, over the whole stream.")
         if dataloader_kwargs.pop("generator", None) is not None:
@@ -318,7 +328,7 @@ def dataloader(
         return StreamDataLoader(StreamBatches(stream, layout, batch_size, drop_last, bool(shuffle)), batch_size=None,
                                 collate_fn=AsBatch(layout.plan), widen_on_device=widen_on_device, num_workers=num_workers,
                                 pin_memory=pin_memory, **dataloader_kwargs)
-    if isinstance(layout, Blocks):
+    if layout.unit == "blocks":
         fetcher = BlockFetcher(dataset, layout)
         if fetcher.num_blocks == 0:
             tokens = int(fetcher._stream()[0].stream[-1])
