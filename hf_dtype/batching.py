@@ -49,14 +49,15 @@ def length_mask(lengths: np.ndarray, width: int, padding_side: str = "right") ->
 
 
 def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.ndarray], starts: np.ndarray, lengths: np.ndarray,
-             *, width: int, pad: int | float, dtype: np.dtype, mask: np.ndarray, padding_side: str = "right",
+             *, width: int, pad: int | float | np.ndarray, dtype: np.dtype, mask: np.ndarray, padding_side: str = "right",
              groups: np.ndarray | None = None, windows: np.ndarray | None = None, pad_cells: np.ndarray | None = None) -> np.ndarray:
     """Rows ``values[starts[i] : starts[i] + lengths[i]]`` in a new ``(rows, width)`` array filled with ``pad``.
 
     ``lengths`` are at most ``width`` and ``mask`` is their ``length_mask`` (``pad_cells`` its negation,
-    where the caller has it). ``values`` is a flat array, or a function ``take(positions, groups)``
-    for values that are not one array (bit-packed Arrow booleans, buffers in several memory blocks;
-    ``groups`` names the block of each row). ``windows`` (``ArrowColumn.windows``) gathers whole rows at once.
+    where the caller has it); ``pad`` is a number or a 0-d array. ``values`` is a flat array, or a function
+    ``take(positions, groups)`` for values that are not one array (bit-packed Arrow booleans, buffers in
+    several memory blocks; ``groups`` names the block of each row). ``windows`` (``ArrowColumn.windows``)
+    gathers whole rows at once.
     """
     if not len(lengths) or not width:
         return np.full((len(lengths), width), pad, dtype=dtype)
@@ -68,13 +69,14 @@ def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.n
             out = windows[origin, :width]
         except IndexError:  # a row within ``width`` of the end of the buffer
             out = None
-    if out is None and isinstance(values, np.ndarray):  # every cell gathered (pad cells clipped into range), then padded
-        out = values.take(origin[:, None] + _columns(width), mode="clip")
     if out is None:
-        out = np.full((len(lengths), width), pad, dtype=dtype)
-        out[mask] = values((origin[:, None] + _columns(width))[mask],
-                           None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
-        return out
+        if isinstance(values, np.ndarray):  # every cell gathered (pad cells clipped into range), then padded
+            out = values.take(origin[:, None] + _columns(width), mode="clip")
+        else:
+            out = np.full((len(lengths), width), pad, dtype=dtype)
+            out[mask] = values((origin[:, None] + _columns(width))[mask],
+                               None if groups is None else np.broadcast_to(groups[:, None], mask.shape)[mask])
+            return out
     out = out.astype(dtype, copy=False)
     np.copyto(out, pad, where=pad_cells)
     return out
@@ -97,6 +99,7 @@ def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str],
             out[name] = served(column.values, spec, options.widen, name, rows)
             continue
         lengths = column.lengths
+        assert lengths is not None  # a list column has lengths with its starts
         if options.max_length is not None and len(lengths) and lengths.max() > options.max_length:
             longest = int(lengths.argmax())
             raise ValueError(f"Row {rows[longest]} has {int(lengths[longest])} values in {name!r}, more than max_length="

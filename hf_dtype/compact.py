@@ -167,6 +167,7 @@ class _BatchCaster:
     def __call__(self, batch: pa.Table, indices: list[int]) -> pa.Table:
         columns = {name: batch.column(name) for name in batch.column_names if name not in self.plan.derived}
         for name, entry in self.plan.stored.items():
+            assert entry.storage is not None  # a stored entry has a storage dtype
             columns[name] = cast_array(batch.column(name), entry.storage, column=name, source_bfloat16=name in self.source_bfloat16,
                                        pad=entry.pad, exact=self.exact, rows=indices)
         for name, entry in self.plan.derived.items():
@@ -182,6 +183,7 @@ def _verify_derived(batch: pa.Table, name: str, entry: ColumnDtype, indices: lis
         raise LossyCastError(f"Column {name!r} has null rows, so it is not constant; store it instead of deriving it.")
     leaf, levels = flatten_leaf(column)
     values = leaf.to_numpy(zero_copy_only=False)
+    assert entry.derived is not None  # only derived entries are verified
     differs = values != DERIVED_KINDS[entry.derived]
     if differs.any():
         i = int(np.argmax(differs))
@@ -263,7 +265,7 @@ def compact(
         LossyCastError: a value that the storage dtype cannot hold, with its column and row.
         ValueError: a plan that does not fit the dataset (unknown column, non-numeric column, ...).
     """
-    infer_options = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, floats=floats)
+    infer_options: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, floats=floats)
     if isinstance(dataset, IterableDataset):
         return _compact_stream(dataset, plan, exact=exact, infer_options=infer_options)
     if isinstance(dataset, IterableDatasetDict):

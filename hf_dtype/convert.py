@@ -152,7 +152,7 @@ def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequen
     if widen == "device" and entry.storage == "bfloat16" and values.dtype == np.uint16:
         return torch.from_numpy(values).view(torch.bfloat16)
     width = values.shape[1] if values.ndim == 2 else 1
-    options = dict(owned=True, column=column, row_of=lambda i: rows[i // width])
+    options: dict[str, Any] = dict(owned=True, column=column, row_of=lambda i: rows[i // width])
     if widen == "cpu":
         return to_compute(values, entry, "torch", **options)
     return to_dtype(values, entry.storage or "bool", "torch", storage=True, **options)
@@ -161,6 +161,7 @@ def served(values: np.ndarray, spec: Spec, widen: str, column: str, rows: Sequen
 def derived_values(entry: ColumnDtype, present: np.ndarray, *, stored: bool, backend: str = "torch") -> Any:
     """A derived column rebuilt where its source has values (``present``, a bool array of any shape): its constant there,
     0 elsewhere; bool when ``stored`` (a storage batch), else its compute dtype."""
+    assert entry.derived is not None  # only derived columns are rebuilt
     dtype = np.dtype(bool) if stored else numpy_dtype(entry.served_dtype)
     values = present.astype(dtype) if DERIVED_KINDS[entry.derived] else np.zeros(present.shape, dtype=dtype)
     if backend == "numpy":

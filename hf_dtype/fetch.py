@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 
 from ._compat import indices_mapping
-from .layouts import Blocks, Layout, Padded
+from .layouts import Blocks, Layout, MaskedLM, Padded
 from .packing import BlockIndex
 from .plan import DtypePlan
 from .ragged import ArrowColumn, Rows
@@ -54,7 +54,7 @@ class _Reader:
         indices = indices_mapping(dataset)
         self.mapping = ArrowColumn("indices", indices.table.column(0)) if indices is not None else None
 
-    def read(self, indices: Sequence[int]) -> dict[str, Rows]:
+    def read(self, indices: Sequence[int] | np.ndarray) -> dict[str, Rows]:
         """The rows ``indices`` (positions in the dataset as it is seen) of every column."""
         if len(indices) and (min(indices) < 0 or max(indices) >= self.size):  # Python's min and max: fastest on a short list
             bad = next(int(i) for i in indices if not 0 <= i < self.size)
@@ -73,8 +73,9 @@ class _Reader:
                 columns[name] = Rows(column.scalars(rows, chunk), column.dtype)
                 continue
             if read.twin is not None:  # the rows of its twin, shifted: same lengths, one offsets read for both
-                twin = columns[read.twin]
-                starts = twin.starts + (read.shift[0] if chunk is None else read.shift[chunk])
+                twin, shift = columns[read.twin], read.shift
+                assert twin.starts is not None and shift is not None  # a twin is a list column, found with its shift
+                starts = twin.starts + (shift[0] if chunk is None else shift[chunk])
                 lengths, groups = twin.lengths, twin.groups
             else:
                 starts, lengths, groups = column.spans(rows, chunk)
@@ -130,10 +131,10 @@ class BlockFetcher:
 
     Args:
         dataset: the dataset, read in place, its rows in the order it is seen.
-        layout: the bound ``Blocks`` layout.
+        layout: the bound ``Blocks`` layout (or ``MaskedLM`` over one).
     """
 
-    def __init__(self, dataset: Dataset, layout: Blocks) -> None:
+    def __init__(self, dataset: Dataset, layout: Blocks | MaskedLM) -> None:
         self.dataset = dataset
         self.layout = layout
         self._rows: tuple[BlockIndex, dict[str, Rows]] | None = None
@@ -152,7 +153,9 @@ class BlockFetcher:
             layout = self.layout
             columns = _Reader(self.dataset, layout.read).read(np.arange(len(self.dataset)))
             lengths = columns[layout.token].lengths
-            if layout.labels is not None and not np.array_equal(columns[layout.labels].lengths, lengths):
+            assert lengths is not None  # the layout checked that the token column holds lists
+            label_lengths = None if layout.labels is None else columns[layout.labels].lengths
+            if layout.labels is not None and (label_lengths is None or not np.array_equal(label_lengths, lengths)):
                 raise ValueError(f"Column {layout.labels!r} has rows of other lengths than {layout.token!r}; blocks need one label "
                                  "per token.")
             self._rows = layout.index(lengths), columns

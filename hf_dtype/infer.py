@@ -63,11 +63,12 @@ class ColumnStats:
         """The statistics of both parts together (splits of a dataset, batches of a stream)."""
         lows = [v for v in (self.minimum, other.minimum) if v is not None]
         highs = [v for v in (self.maximum, other.maximum) if v is not None]
-        digests = (self.lengths_digest, other.lengths_digest)
+        mine, theirs = self.lengths_digest, other.lengths_digest
+        digest = None if mine is None or theirs is None else b"|".join((mine, theirs))
         return ColumnStats(
             name=self.name, dtype=self.dtype, depth=self.depth, rows=self.rows + other.rows, values=self.values + other.values,
             nulls=self.nulls + other.nulls, minimum=min(lows) if lows else None, maximum=max(highs) if highs else None,
-            nbytes=self.nbytes + other.nbytes, lengths_digest=None if None in digests else b"|".join(digests), names=self.names,
+            nbytes=self.nbytes + other.nbytes, lengths_digest=digest, names=self.names,
         )
 
 
@@ -154,6 +155,7 @@ def _integer_entry(stats: ColumnStats, pad: int | None, vocab_size: int | None) 
     compute = "bool" if stats.dtype == "bool" else "int64"
     if stats.minimum is None:
         return ColumnDtype(storage=stats.dtype, compute=compute, pad=pad, names=stats.names)
+    assert stats.maximum is not None  # set together with the minimum
     low, high = int(stats.minimum), int(stats.maximum)
     if stats.names is not None:  # room for every label id and for -1 (no label)
         low, high = min(low, -1), max(high, len(stats.names) - 1)
@@ -185,6 +187,7 @@ def _float_entry(stats: ColumnStats, pad: int | None, floats: str | None) -> Col
         if _fits_float(stats, floats):
             storage = floats
         else:
+            assert stats.maximum is not None  # set together with the minimum
             logger.info("Column %r keeps %s: its values reach %g, which %s rounds to inf.", stats.name, storage,
                         max(abs(stats.minimum), abs(stats.maximum)), floats)
     return ColumnDtype(storage=storage, compute="bfloat16" if storage == "bfloat16" else "float32", pad=pad)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -25,11 +25,13 @@ from .dtypes import dtype_name, integer_range, is_float
 from .masking import mask_tokens
 from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, label_entry, packed_plan
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
-from .ragged import Rows, arrow_leaf_dtype, list_depth
+from .ragged import RowNames, Rows, arrow_leaf_dtype, list_depth
 
 __all__ = ["Blocks", "Flat", "Layout", "MaskedLM", "Padded", "check_count"]
 
 logger = logging.getLogger(__name__)
+
+_L = TypeVar("_L", bound="Layout")
 
 
 def check_count(name: str, value: Any, *, optional: bool = False) -> None:
@@ -73,7 +75,7 @@ def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str 
     for name in chosen:
         if name in derived:
             source = derived[name].lengths_from
-            if depth.get(source) != 1:
+            if source is None or depth.get(source) != 1:
                 what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
                 raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
         elif depth.get(name) not in (0, 1):
@@ -81,7 +83,9 @@ def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str 
             hint = "" if columns is not None else "; leave it out with columns=[...]"
             raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
         elif name not in entries:
-            entries[name] = _unplanned_entry(name, arrow_leaf_dtype(schema.field(name).type), depth[name])
+            storage = arrow_leaf_dtype(schema.field(name).type)
+            assert storage is not None  # _batchable keeps columns of numbers and lists of numbers only
+            entries[name] = _unplanned_entry(name, storage, depth[name])
     return DtypePlan(entries), chosen
 
 
@@ -104,7 +108,7 @@ class Layout:
     seed: int = 0
     unit = "rows"  # what a batch_size counts, and what a map-style loader's indices name: dataset rows, or blocks
 
-    def bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, widen: str, seed: int = 0) -> Layout:
+    def bind(self: _L, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, widen: str, seed: int = 0) -> _L:
         """A copy of this layout bound to the columns of ``schema`` and their ``plan`` (``seed``: the loader's)."""
         bound = copy.copy(self)
         bound.widen, bound.seed = widen, seed
@@ -114,7 +118,7 @@ class Layout:
     def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
         raise NotImplementedError
 
-    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any] | RowNames) -> dict[str, Any]:
         """The batch of ``rows`` (their names in errors), from the rows of each column read."""
         raise NotImplementedError
 
@@ -165,7 +169,8 @@ class Padded(Layout):
 
     def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
         self.plan, self.names = batch_plan(schema, plan, columns)
-        sources = [self.plan[name].lengths_from for name in self.names if name not in schema.names]
+        # batch_plan checked that each derived column's source is a list column of the dataset
+        sources = cast("list[str]", [self.plan[name].lengths_from for name in self.names if name not in schema.names])
         self.read = list(dict.fromkeys([*(name for name in self.names if name in schema.names), *sources]))
 
     def bind_rows(self, plan: DtypePlan, columns: Mapping[str, Rows], names: Sequence[str], widen: str) -> Padded:
@@ -177,7 +182,7 @@ class Padded(Layout):
         bound.plan, bound.names, bound.read, bound.widen = plan | unplanned, list(names), list(names), widen
         return bound
 
-    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any] | RowNames) -> dict[str, torch.Tensor]:
         return assemble(columns, self.plan, self.names, self, rows)
 
 
@@ -281,7 +286,7 @@ class Flat(_Packed):
     def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
         self._columns(schema, plan, positions=None)
 
-    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any] | RowNames) -> dict[str, Any]:
         return flatten_rows(columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
                             flash_attn_kwargs=self.return_flash_attn_kwargs, rows=rows)
 
@@ -363,13 +368,18 @@ class MaskedLM(Layout):
         batch["labels"] = torch.from_numpy(labels)
         return batch if self.widen == "device" else widen_batch(self.plan, batch)
 
-    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any]) -> dict[str, Any]:
+    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any] | RowNames) -> dict[str, Any]:
         batch = self.inner(columns, rows)
-        return self._mask(batch, np.asarray(rows, dtype=np.int64), getattr(rows, "epoch", 0))
+        indices = cast("Sequence[int]", rows)  # dataset row indices: MaskedLM takes no stream, PaddingCollator takes Padded only
+        return self._mask(batch, np.asarray(indices, dtype=np.int64), getattr(rows, "epoch", 0))
 
     def index(self, lengths: np.ndarray, *, grouped: bool = True) -> BlockIndex:
-        return self.inner.index(lengths, grouped=grouped)
+        inner = self.inner
+        assert isinstance(inner, Blocks)  # called when unit == "blocks"
+        return inner.index(lengths, grouped=grouped)
 
     def cut(self, index: BlockIndex, blocks: np.ndarray, columns: Mapping[str, Rows], epoch: int = 0) -> dict[str, torch.Tensor]:
-        batch = self.inner.cut(index, blocks, columns)
+        inner = self.inner
+        assert isinstance(inner, Blocks)  # called when unit == "blocks"
+        batch = inner.cut(index, blocks, columns)
         return self._mask(batch, np.asarray(blocks, dtype=np.int64), epoch)

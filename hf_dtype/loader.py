@@ -21,7 +21,7 @@ generator (the loader has its own), so dropout is the same whether a run was res
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -83,6 +83,7 @@ class EpochSampler(Sampler[int]):
         """The batches of the pass that starts now, each with its epoch; the pass counts as done once its last batch is out."""
         order = self.start_pass()
         epoch = self.current
+        assert epoch is not None  # start_pass set it
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         starts = range(0, stop, batch_size)
         for i, start in enumerate(starts):
@@ -173,6 +174,8 @@ class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
     ``save_state`` / ``load_state`` keep its state (the epoch) whether or not it was registered.
     """
 
+    batch_sampler: EpochBatchSampler
+
     def __init__(self, *args: Any, widen_on_device: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.widen_on_device = widen_on_device  # batches come in storage dtypes, to be widened after the move
@@ -187,7 +190,8 @@ class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
         """The rows of one step over every process (``accelerate``'s name; ``gather_for_metrics`` counts with it)."""
         return self.batch_sampler.batch_size * process_rank()[1]
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    # torch types DataLoader.__iter__ as returning its own iterator class; a generator serves the same protocol
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         device = accelerate_device()
         if device is None:  # no accelerate: batches as the fetcher makes them
             yield from super().__iter__()
@@ -217,7 +221,8 @@ class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
     @property
     def plan(self) -> DtypePlan:
         """The plan of the served columns; ``plan.widen(batch)`` gives the compute dtypes."""
-        return self.dataset.plan
+        # torch types the dataset as a torch Dataset; a map-style DataLoader takes any object with __getitem__ and __len__
+        return cast("BatchFetcher | BlockFetcher", self.dataset).plan
 
     def state_dict(self) -> dict[str, int]:
         """The order's state (``EpochSampler.state_dict``), which ``accelerator.save_state`` saves."""
@@ -328,11 +333,13 @@ def dataloader(
         return StreamDataLoader(StreamBatches(stream, layout, batch_size, drop_last, bool(shuffle)), batch_size=None,
                                 collate_fn=AsBatch(layout.plan), widen_on_device=widen_on_device, num_workers=num_workers,
                                 pin_memory=pin_memory, **dataloader_kwargs)
+    fetcher: BlockFetcher | BatchFetcher
     if layout.unit == "blocks":
-        fetcher = BlockFetcher(dataset, layout)
+        blocks = cast("Blocks | MaskedLM", layout)  # the layouts of unit "blocks": Blocks, and MaskedLM over Blocks
+        fetcher = BlockFetcher(dataset, blocks)
         if fetcher.num_blocks == 0:
             tokens = int(fetcher._stream()[0].stream[-1])
-            raise ValueError(f"block_size {layout.block_size} is larger than the token stream of {layout.token!r} ({tokens} tokens "
+            raise ValueError(f"block_size {blocks.block_size} is larger than the token stream of {blocks.token!r} ({tokens} tokens "
                              f"over {len(dataset)} rows): no block can be made; expected a block_size of at most {tokens}.")
     else:
         fetcher = BatchFetcher(dataset, layout)

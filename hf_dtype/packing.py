@@ -60,15 +60,16 @@ def _gather(rows: Rows, positions: np.ndarray, groups: np.ndarray | None) -> np.
     return rows.values(positions, groups)
 
 
-def _tensors(arrays: Mapping[str, np.ndarray], plan: DtypePlan, widen: str, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+def _tensors(arrays: Mapping[str, np.ndarray], plan: DtypePlan, widen: str, rows: Sequence[Any] | RowNames) -> dict[str, torch.Tensor]:
     """The packed arrays (in their plan's storage dtypes) as tensors in storage or compute dtypes."""
     return {name: served(values, column_spec(plan[name], values.dtype), widen, name, rows) for name, values in arrays.items()}
 
 
 def flatten_rows(columns: Mapping[str, Rows], plan: DtypePlan, *, token: str, labels: str | None, widen: str,
-                 flash_attn_kwargs: bool, rows: Sequence[Any]) -> dict[str, Any]:
+                 flash_attn_kwargs: bool, rows: Sequence[Any] | RowNames) -> dict[str, Any]:
     """The rows of ``columns[token]`` (and ``columns[labels]``) as one padding-free row; empty rows are left out."""
     ids = columns[token]
+    assert ids.lengths is not None and ids.starts is not None  # the layout checked that the token column holds lists
     keep = ids.lengths > 0
     if not keep.any():
         raise ValueError(f"Every row of this batch has an empty {token!r}: a flat batch needs at least one token.")
@@ -79,16 +80,17 @@ def flatten_rows(columns: Mapping[str, Rows], plan: DtypePlan, *, token: str, la
     values = _gather(ids, np.repeat(ids.starts[keep], lengths) + within, groups)
     if labels is not None:
         source = columns[labels]
-        if not np.array_equal(source.lengths, ids.lengths):
+        if source.lengths is None or not np.array_equal(source.lengths, ids.lengths):
             raise ValueError(f"Column {labels!r} has rows of other lengths than {token!r}; flat batches need one label per token.")
+        assert source.starts is not None  # set with the lengths
         label_groups = None if source.groups is None else np.repeat(source.groups[keep], lengths)
         label_values = _gather(source, np.repeat(source.starts[keep], lengths) + within, label_groups)
     else:
         label_values = values
     label_values = label_values.astype(np.dtype(plan["labels"].storage))  # a copy: the ids stay as they are
     label_values[bounds[:-1]] = -100
-    out = _tensors({"input_ids": values[None], "labels": label_values[None],
-                    "position_ids": within.astype(np.dtype(plan["position_ids"].storage))[None]}, plan, widen, rows)
+    out: dict[str, Any] = _tensors({"input_ids": values[None], "labels": label_values[None],
+                                    "position_ids": within.astype(np.dtype(plan["position_ids"].storage))[None]}, plan, widen, rows)
     if flash_attn_kwargs:
         out["cu_seq_lens_q"] = torch.from_numpy(bounds.astype(np.int32))
         out["cu_seq_lens_k"] = torch.from_numpy(bounds.astype(np.int32))
@@ -155,6 +157,7 @@ def cut_blocks(index: BlockIndex, blocks: np.ndarray, columns: Mapping[str, Rows
 
     def read(name: str) -> np.ndarray:
         source = columns[name]
+        assert source.starts is not None  # the layout checked that the token and label columns hold lists
         return _gather(source, source.starts[row] + offset, None if source.groups is None else source.groups[row])
 
     values = read(token)

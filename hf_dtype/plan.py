@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast, overload
 
 from .dtypes import canonical_dtype, integer_range, is_float, is_integer
 
@@ -193,13 +193,13 @@ class DtypePlan(Mapping[str, ColumnDtype]):
         """``plan | {...}``: a new plan with the entries of ``other`` replacing or adding to these, as ``dict | dict``."""
         if not isinstance(other, Mapping):
             return NotImplemented
-        return DtypePlan({**self.columns, **other})
+        return DtypePlan(cast("Mapping[str, ColumnDtype]", {**self.columns, **other}))  # __post_init__ checks and converts each entry
 
     def __ror__(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
         """``{...} | plan``: a new plan with this plan's entries replacing or adding to those of ``other`` (the right one wins)."""
         if not isinstance(other, Mapping):
             return NotImplemented
-        return DtypePlan({**other, **self.columns})
+        return DtypePlan(cast("Mapping[str, ColumnDtype]", {**other, **self.columns}))  # __post_init__ checks and converts each entry
 
     def replace(self, /, **columns: ColumnDtype | Mapping | str) -> DtypePlan:
         """A new plan with these column entries replacing or adding to this plan's: ``plan.replace(input_ids="uint16")``."""
@@ -266,6 +266,12 @@ class DtypePlan(Mapping[str, ColumnDtype]):
         return f"DtypePlan({self.to_dict()!r})"
 
 
+@overload
+def as_plan(plan: None) -> None: ...
+@overload
+def as_plan(plan: DtypePlan | Mapping) -> DtypePlan: ...
+@overload
+def as_plan(plan: DtypePlan | Mapping | None) -> DtypePlan | None: ...
 def as_plan(plan: DtypePlan | Mapping | None) -> DtypePlan | None:
     """``plan`` as a ``DtypePlan`` (None stays None)."""
     return plan if plan is None or isinstance(plan, DtypePlan) else DtypePlan(plan)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import torch
 from numpy.lib.stride_tricks import as_strided
@@ -118,7 +119,7 @@ class _Views:
     ``base[c]`` is the position of chunk ``c``'s element 0 in view ``group[c]``.
     """
 
-    def __init__(self, buffers: list[pa.Buffer | None], firsts: list[int], dtype: np.dtype) -> None:
+    def __init__(self, buffers: list[pa.Buffer | None], firsts: list[int], dtype: npt.DTypeLike) -> None:
         self.dtype = np.dtype(dtype)
         self.bits = self.dtype == np.bool_
         self.views: list[np.ndarray] = []
@@ -188,9 +189,10 @@ class ArrowColumn:
         self.values = _Views([leaf.buffers()[1] for leaf in leaves], [leaf.offset for leaf in leaves], self.dtype)
         self.starts = offsets_of(np.array([len(chunk) for chunk in chunks], dtype=np.int64))
         row_offsets = np.array([chunk.offset for chunk in chunks], dtype=np.int64)
-        self.offsets = None
-        self._pairs = None  # every row's (first, stop) offsets as one strided view, when the offsets are one view
-        self._windows, self._window = None, 0  # runs of consecutive values as one strided view, see ``windows``
+        self.offsets: _Views | None = None
+        self._pairs: np.ndarray | None = None  # every row's (first, stop) offsets as one strided view, when the offsets are one view
+        self._windows: np.ndarray | None = None  # runs of consecutive values as one strided view, see ``windows``
+        self._window = 0
         if self.is_list and self.fixed_size is None:
             offset_type = np.int64 if pa.types.is_large_list(column.type) else np.int32
             self.offsets = _Views([chunk.buffers()[1] for chunk in chunks], row_offsets.tolist(), offset_type)
@@ -221,8 +223,10 @@ class ArrowColumn:
             pairs = self._pairs[at]
             first, stop = pairs[:, 0], pairs[:, 1]
         else:
-            where = self.offsets.group[chunk]
-            first, stop = self.offsets.take(at, where).astype(np.int64), self.offsets.take(at + 1, where)
+            offsets = self.offsets
+            assert offsets is not None  # a list column of variable-size rows has offsets
+            where = offsets.group[chunk]
+            first, stop = offsets.take(at, where).astype(np.int64), offsets.take(at + 1, where)
         return first + base, stop - first, groups
 
     def shift_from(self, other: ArrowColumn) -> np.ndarray | None:
@@ -231,10 +235,11 @@ class ArrowColumn:
         if self._pairs is None or other._pairs is None or len(self.values.views) > 1 or len(other.values.views) > 1 \
                 or not np.array_equal(self.starts, other.starts):
             return None
+        mine, theirs = self.offsets, other.offsets
+        assert mine is not None and theirs is not None  # pairs are made from offsets
         shift = np.zeros(len(self.starts) - 1, dtype=np.int64)
-        mine, theirs = self.offsets.views[0], other.offsets.views[0]
         for chunk, rows in enumerate(np.diff(self.starts).tolist()):
-            a, b = mine[self.offsets.base[chunk]:][:rows + 1], theirs[other.offsets.base[chunk]:][:rows + 1]
+            a, b = mine.views[0][mine.base[chunk]:][:rows + 1], theirs.views[0][theirs.base[chunk]:][:rows + 1]
             if rows and not np.array_equal(a - a[0], b - b[0]):
                 return None
             if rows:
@@ -261,7 +266,7 @@ class ArrowColumn:
 class RowNames:
     """How a range error names a row of a batch (``"3 of the batch"``, ``"3 (block 17)"``), made only when one is needed."""
 
-    def __init__(self, template: str, keys: Sequence[Any] | None = None) -> None:
+    def __init__(self, template: str, keys: Sequence[Any] | np.ndarray | None = None) -> None:
         self.template, self.keys = template, keys
 
     def __getitem__(self, i: int) -> str:

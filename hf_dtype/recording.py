@@ -62,6 +62,7 @@ def record_plan(features: Features, plan: DtypePlan) -> Features:
     """``features`` with each stored column's leaf in its storage dtype and carrying its plan entry; derived columns dropped."""
     carried: dict[str, dict[str, dict]] = {}
     for name, entry in plan.derived.items():
+        assert entry.lengths_from is not None  # callers resolve the plan first (compact.resolve_for)
         carried.setdefault(entry.lengths_from, {})[name] = {k: v for k, v in entry.to_dict().items() if k != "lengths_from"}
     out = Features({name: feature for name, feature in features.items() if name not in plan.derived})
     for name, entry in plan.stored.items():
@@ -72,6 +73,7 @@ def record_plan(features: Features, plan: DtypePlan) -> Features:
         if entry.names and entry.storage == "int64":
             leaf = ClassLabel(names=list(entry.names), id=marker)
         else:
+            assert entry.storage is not None  # a stored entry has a storage dtype
             leaf = Value(to_numpy(entry.storage).name, id=marker)
         out[name] = _replace_leaf(features[name], leaf)
     return out

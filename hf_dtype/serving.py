@@ -139,7 +139,8 @@ class _Server:
     def add_derived(self, out: dict[str, Any], lengths_of: Callable[[str], np.ndarray | None]) -> None:
         """Rebuild each derived column whose source column is at hand, unless ``out`` has it already."""
         for name, entry in self.plan.derived.items():
-            lengths = None if name in out else lengths_of(entry.lengths_from)
+            source = entry.lengths_from  # None: the plan found no source column to resolve it with
+            lengths = None if name in out or source is None else lengths_of(source)
             if lengths is None:
                 continue
             flat = derived_values(entry, np.ones(int(lengths.sum()), dtype=bool), stored=False, backend=self.backend)

@@ -100,7 +100,9 @@ class StreamBatches(torch.utils.data.IterableDataset):
     def _cut(self, tables: Iterator[pa.Table]) -> Iterator[dict[str, Any]]:
         """Blocks from the rows laid end to end: each full batch of blocks as soon as its tokens have been read; the tokens
         left over wait for the next record batch (and are part of the loader's state)."""
-        size = self.blocks.block_size * self.batch_size
+        blocks = self.blocks
+        assert blocks is not None  # called for a Blocks layout only
+        size = blocks.block_size * self.batch_size
         carried = self.leftover or {name: np.zeros(0, dtype=np.int64) for name in self.read} | {"starts": np.zeros(0, dtype=bool)}
         for table in tables:
             laid = self._lay_out(rows_of_table(table, self.read))
@@ -110,14 +112,16 @@ class StreamBatches(torch.utils.data.IterableDataset):
                 carried = self.leftover = {name: values[size:] for name, values in carried.items()}
                 yield self._batch(batch, self.batch_size)
             self.leftover = carried
-        whole = len(carried["starts"]) // self.blocks.block_size
+        whole = len(carried["starts"]) // blocks.block_size
         if whole and not self.drop_last:
-            yield self._batch({name: values[:whole * self.blocks.block_size] for name, values in carried.items()}, whole)
+            yield self._batch({name: values[:whole * blocks.block_size] for name, values in carried.items()}, whole)
         self.leftover = None
 
     def _lay_out(self, rows: dict[str, Rows]) -> dict[str, np.ndarray]:
         """A record batch's rows end to end (a separator after each, -100 in a label column), and where each row starts."""
-        separator, lengths = self.blocks.separator_id, rows[self.read[0]].lengths
+        blocks, lengths = self.blocks, rows[self.read[0]].lengths
+        assert blocks is not None and lengths is not None  # a Blocks layout, whose token column holds lists
+        separator = blocks.separator_id
         size = lengths + (separator is not None)
         bounds = offsets_of(size)
         within = positions_in_rows(size, bounds)
@@ -125,8 +129,9 @@ class StreamBatches(torch.utils.data.IterableDataset):
         laid["starts"][bounds[:-1][size > 0]] = True
         last = np.repeat(np.maximum(lengths - 1, 0), size)
         for name in self.read:
-            values = rows[name].values
-            laid[name] = values[np.repeat(rows[name].starts, size) + np.minimum(within, last)] if len(values) else \
+            values, starts = rows[name].values, rows[name].starts
+            assert starts is not None  # the token and label columns hold lists
+            laid[name] = values[np.repeat(starts, size) + np.minimum(within, last)] if len(values) else \
                 np.zeros(bounds[-1], dtype=values.dtype)
             if separator is not None:
                 laid[name][within == np.repeat(lengths, size)] = -100 if name != self.read[0] else separator
@@ -139,11 +144,15 @@ class StreamBatches(torch.utils.data.IterableDataset):
             piece_starts = np.concatenate([[0], piece_starts])
         lengths = np.diff(np.append(piece_starts, len(carried["starts"])))
         columns = {name: Rows(carried[name], carried[name].dtype, piece_starts, lengths) for name in self.read}
-        return self.blocks.cut(BlockIndex(lengths, self.blocks.block_size, None), np.arange(count), columns)
+        blocks = self.blocks
+        assert blocks is not None  # called for a Blocks layout only
+        return blocks.cut(BlockIndex(lengths, blocks.block_size, None), np.arange(count), columns)
 
 
 class StreamDataLoader(SelfPrepared, DataLoader):
     """A ``DataLoader`` of batches of a stream, with ``set_epoch``, a resumable ``state_dict`` and the ``plan`` it serves."""
+
+    dataset: StreamBatches
 
     def __init__(self, *args: Any, widen_on_device: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,7 +190,8 @@ class StreamDataLoader(SelfPrepared, DataLoader):
         batches.leftover = None if leftover is None else {
             name: np.asarray(values, dtype=bool if name == "starts" else None) for name, values in leftover.items()}
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    # torch types DataLoader.__iter__ as returning its own iterator class; a generator serves the same protocol
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         device = accelerate_device()
         for batch in super().__iter__():
             if device is not None and self.widen_on_device:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import datasets
 import transformers
@@ -66,6 +66,7 @@ class DtypeTrainer(transformers.Trainer):
     def _loader(self, dataset: Any, batch_size: int, *, training: bool) -> Any:
         args = self.args
         plan = self._plan(dataset)
+        assert plan is not None  # the get_*_dataloader methods check _fast first
         options = {**self.dataloader_options, "plan": plan}
         if args.remove_unused_columns and isinstance(options.get("layout", Padded()), Padded) and "columns" not in options:
             taken = signature_columns(self)
@@ -87,7 +88,9 @@ class DtypeTrainer(transformers.Trainer):
         return self._loader(self.train_dataset, self._train_batch_size, training=True)
 
     def get_eval_dataloader(self, eval_dataset: str | Any | None = None) -> Any:
-        chosen = self.eval_dataset[eval_dataset] if isinstance(eval_dataset, str) else eval_dataset or self.eval_dataset
+        # a name picks one of the eval datasets given as a dict, as Trainer's own get_eval_dataloader does
+        named = cast("Mapping[str, Any]", self.eval_dataset)
+        chosen = named[eval_dataset] if isinstance(eval_dataset, str) else eval_dataset or self.eval_dataset
         if chosen is None or not self._fast(chosen):
             return super().get_eval_dataloader(eval_dataset)
         return self._loader(chosen, self.args.eval_batch_size, training=False)
