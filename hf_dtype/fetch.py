@@ -56,7 +56,9 @@ class _Reader:
 
     def read(self, indices: Sequence[int] | np.ndarray) -> dict[str, Rows]:
         """The rows ``indices`` (positions in the dataset as it is seen) of every column."""
-        if len(indices) and (min(indices) < 0 or max(indices) >= self.size):  # Python's min and max: fastest on a short list
+        low, high = (indices.min(), indices.max()) if isinstance(indices, np.ndarray) and len(indices) else \
+            (min(indices), max(indices)) if len(indices) else (0, 0)  # Python's min and max: fastest on a short list
+        if low < 0 or high >= self.size:
             bad = next(int(i) for i in indices if not 0 <= i < self.size)
             raise IndexError(f"Row {bad} is out of range for a dataset of {self.size} rows.")
         rows = np.asarray(indices, dtype=np.int64)

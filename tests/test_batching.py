@@ -541,3 +541,13 @@ def test_a_long_context_batch_costs_memory_in_proportion_to_the_batch():
         tracemalloc.stop()
         assert batch["input_ids"].shape == (4, 32768) and batch["attention_mask"].sum(dim=1).tolist() == lengths
         assert peak < 40 * 4 * 32768  # a few batch-sized arrays of at most 8 bytes a cell
+
+
+def test_a_derived_column_without_a_source_is_an_error_not_left_out(ner_rows):
+    """A plan of a derived mask alone on an uncompacted dataset: the mask takes the lengths of input_ids, as stored."""
+    rows = ner_rows.remove_columns([name for name in ("attention_mask", "token_type_ids") if name in ner_rows.column_names])
+    batch = next(iter(hd.dataloader(rows, 3, plan={"attention_mask": {"derived": "ones"}})))
+    assert batch["attention_mask"].sum(dim=1).tolist() == [len(rows[i]["input_ids"]) for i in range(3)]
+    numbers = datasets.Dataset.from_dict({"x": [1, 2, 3]})
+    with pytest.raises(ValueError, match=r"Derived column\(s\) \['mask'\] have no list column to take their row lengths from"):
+        hd.dataloader(numbers, 2, plan={"mask": {"derived": "ones"}})
