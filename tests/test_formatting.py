@@ -254,3 +254,9 @@ def test_nulls_in_a_planned_integer_column_are_refused_by_row():
         score = ds.with_format("hf_dtype", plan={"score": "float32"}, backend=backend)[:]["score"]
         assert np.isnan(np.asarray(score)[1]) and np.asarray(score)[2] == 1.0  # a float serves a null as NaN, as datasets does
     assert ds.with_format("hf_dtype", plan={"x": "int64"})[0]["x"].item() == 2**60 + 1  # a row without a null serves
+
+
+def test_a_derived_column_without_a_source_is_an_error(tokenized):
+    rows = tokenized.remove_columns(["attention_mask"])
+    with pytest.raises(ValueError, match=r"Derived column\(s\) \['attention_mask'\] have no stored list column of the plan"):
+        rows.with_format("hf_dtype", plan={"attention_mask": {"derived": "ones"}})[0]
