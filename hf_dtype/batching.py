@@ -11,7 +11,7 @@ become ``labels``, as ``DataCollatorWithPadding`` renames them, so the model com
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,10 +20,8 @@ from .convert import column_spec, derived_values, served
 from .plan import LABEL_ALIASES, DtypePlan
 from .ragged import RowNames, Rows
 
-if TYPE_CHECKING:
-    from .layouts import Padded
 
-__all__ = ["PADDING_SIDES", "WIDEN_MODES", "assemble", "length_mask", "pad_rows"]
+__all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadShape", "assemble", "length_mask", "pad_rows"]
 
 PADDING_SIDES = ("right", "left")
 WIDEN_MODES = ("device", "cpu")
@@ -82,7 +80,17 @@ def pad_rows(values: np.ndarray | Callable[[np.ndarray, np.ndarray | None], np.n
     return out
 
 
-def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: Padded,
+class PadShape(Protocol):
+    """What the kernel reads of a bound ``hd.Padded`` layout."""
+
+    max_length: int | None
+    padding_side: str
+    widen: str
+
+    def width(self, lengths: np.ndarray) -> int: ...
+
+
+def assemble(columns: Mapping[str, Rows], plan: DtypePlan, names: Sequence[str], options: PadShape,
              rows: Sequence[int] | RowNames) -> dict[str, torch.Tensor]:
     """The padded batch of ``names`` (stored columns in ``columns``, derived ones rebuilt), per ``plan`` and the bound
     ``Padded`` layout ``options`` (its widths and side, and ``widen``).
