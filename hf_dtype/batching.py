@@ -20,7 +20,6 @@ from .convert import column_spec, derived_values, served
 from .plan import LABEL_ALIASES, DtypePlan
 from .ragged import RowNames, Rows
 
-
 __all__ = ["PADDING_SIDES", "WIDEN_MODES", "PadShape", "assemble", "length_mask", "pad_rows"]
 
 PADDING_SIDES = ("right", "left")
