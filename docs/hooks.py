@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API_PAGE = ROOT / "docs" / "api.md"
 MODULES_MARKER = "<!-- hf_dtype modules -->"
 # Parameters whose description is still missing from their docstring's "Args:" (reported; remove an entry once written).
-KNOWN_UNDESCRIBED = {"DtypePlan": {"columns", "note"}, "plan_of": {"dataset"}}
+KNOWN_UNDESCRIBED: dict[str, set[str]] = {}
 
 log = logging.getLogger("mkdocs.hooks.hf_dtype")
 

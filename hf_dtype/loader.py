@@ -229,6 +229,7 @@ class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
         return self.batch_sampler.sampler.state_dict()
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resume in the epoch of ``state`` (``accelerator.load_state`` calls it)."""
         self.batch_sampler.sampler.load_state_dict(state)
 
 
@@ -275,7 +276,8 @@ def dataloader(
     Args:
         dataset: a ``datasets.Dataset``, usually compacted; ``shuffle`` / ``select`` / ``filter``
             views and memory-mapped, multi-file datasets are read in place, never copied. Or a
-            stream (``IterableDataset``), split by the user already or not: see ``streams.py``.
+            stream (``IterableDataset``), split by the user already or not
+            (each process reads its part, as ``split_dataset_by_node`` gives it).
         batch_size: rows (blocks, for ``hd.Blocks``) per batch.
         layout: ``hd.Padded(...)`` (the default: rows padded as the collators pad them),
             ``hd.Blocks(block_size, ...)`` (``run_clm.py``'s blocks) or ``hd.Flat(...)`` (padding-free rows).
@@ -297,8 +299,8 @@ def dataloader(
             ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ``generator``, ...).
 
     Returns:
-        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a ``Batch``, a dict of tensors whose
-        ``to(device)`` moves and widens it in place, as ``BatchEncoding.to`` moves.
+        An ``ArrowDataLoader`` (a ``StreamDataLoader`` for a stream); each batch is a ``Batch``, a dict of tensors
+            whose ``to(device)`` moves and widens it in place, as ``BatchEncoding.to`` moves.
     """
     if not isinstance(dataset, (Dataset, IterableDataset)):
         raise TypeError(f"dataloader takes a datasets.Dataset or IterableDataset (one split); got {type(dataset).__name__}.")

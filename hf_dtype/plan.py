@@ -87,9 +87,11 @@ class ColumnDtype:
 
     @property
     def pad_value(self) -> int | float:
+        """The value that pads this column in a batch: ``pad``, or 0."""
         return 0 if self.pad is None else self.pad
 
     def to_dict(self) -> dict[str, Any]:
+        """The entry as the JSON object of a plan file (keys that are None left out)."""
         out = {key: getattr(self, key) for key in _ENTRY_KEYS if getattr(self, key) is not None}
         if "names" in out:
             out["names"] = list(out["names"])
@@ -122,7 +124,14 @@ def _check_pad_fits(pad: int | float, storage: str) -> None:
 
 @dataclass(frozen=True)
 class DtypePlan(Mapping[str, ColumnDtype]):
-    """The column dtypes of one dataset, by column name. Columns outside the plan are left as they are."""
+    """The column dtypes of one dataset, by column name. Columns outside the plan are left as they are.
+
+    A plan is immutable: ``plan | {"input_ids": "uint16"}`` and ``plan.replace(input_ids="uint16")`` make new ones.
+
+    Args:
+        columns: column name to ``ColumnDtype``, or to its dict form, or to a bare storage dtype name.
+        note: where the plan came from, printed under its table (not saved, not compared).
+    """
 
     columns: Mapping[str, ColumnDtype] = field(default_factory=dict)
     note: str = field(default="", compare=False)  # where the plan came from, printed under its table (not saved)
@@ -152,10 +161,12 @@ class DtypePlan(Mapping[str, ColumnDtype]):
 
     @property
     def stored(self) -> dict[str, ColumnDtype]:
+        """The entries of the columns Arrow holds."""
         return {name: entry for name, entry in self.columns.items() if entry.derived is None}
 
     @property
     def derived(self) -> dict[str, ColumnDtype]:
+        """The entries of the constant columns rebuilt from row lengths, not stored."""
         return {name: entry for name, entry in self.columns.items() if entry.derived is not None}
 
     def entry_for(self, key: str) -> ColumnDtype | None:
@@ -211,13 +222,16 @@ class DtypePlan(Mapping[str, ColumnDtype]):
                         "plan = plan | {\"input_ids\": \"uint16\"} or plan = plan.replace(input_ids=\"uint16\").")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The plan as a JSON-ready dict of column entries (``from_dict`` reads it back)."""
         return {name: entry.to_dict() for name, entry in self.columns.items()}
 
     @classmethod
     def from_dict(cls, columns: Mapping[str, Any]) -> DtypePlan:
+        """A plan from a dict of column entries (checked, as every plan is)."""
         return cls(columns)
 
     def to_json(self, path: str | PathLike | None = None, *, indent: int = 2) -> str:
+        """The plan as JSON text, also written to ``path`` when given (``from_json`` reads it back)."""
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
             with open(path, "w", encoding="utf-8") as file:

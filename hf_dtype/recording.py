@@ -103,9 +103,10 @@ def _parse_recorded(recorded: tuple[tuple[str, str | None], ...]) -> DtypePlan |
 
 
 def plan_of(dataset: Any) -> DtypePlan | None:
-    """The plan recorded in ``dataset`` (a ``Dataset``, ``IterableDataset``, ``DatasetDict`` or ``Features``) by ``compact``, or None.
+    """The plan recorded in ``dataset`` by ``compact``, or None.
 
-    The splits of a ``DatasetDict`` must carry the same plan.
+    Args:
+        dataset: a ``Dataset``, ``IterableDataset``, ``DatasetDict`` (its splits must carry the same plan) or ``Features``.
     """
     if isinstance(dataset, Features):
         return plan_of_features(dataset)

@@ -83,11 +83,13 @@ class DtypeTrainer(transformers.Trainer):
         return self.accelerator.prepare(loader)
 
     def get_train_dataloader(self) -> Any:
+        """``hd.dataloader`` over the train dataset (shuffled by ``data_seed``, else ``seed``), prepared by accelerate."""
         if self.train_dataset is None or not self._fast(self.train_dataset):
             return super().get_train_dataloader()
         return self._loader(self.train_dataset, self._train_batch_size, training=True)
 
     def get_eval_dataloader(self, eval_dataset: str | Any | None = None) -> Any:
+        """``hd.dataloader`` over the eval dataset (or the one ``eval_dataset`` names, or is), in order."""
         # a name picks one of the eval datasets given as a dict, as Trainer's own get_eval_dataloader does
         named = cast("Mapping[str, Any]", self.eval_dataset)
         chosen = named[eval_dataset] if isinstance(eval_dataset, str) else eval_dataset or self.eval_dataset
@@ -96,6 +98,7 @@ class DtypeTrainer(transformers.Trainer):
         return self._loader(chosen, self.args.eval_batch_size, training=False)
 
     def get_test_dataloader(self, test_dataset: Any) -> Any:
+        """``hd.dataloader`` over ``test_dataset``, in order."""
         if not self._fast(test_dataset):
             return super().get_test_dataloader(test_dataset)
         return self._loader(test_dataset, self.args.eval_batch_size, training=False)
