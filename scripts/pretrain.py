@@ -1,22 +1,36 @@
 #!/usr/bin/env python
-"""Train a causal language model from zero: a tokenizer trained on the corpus, token blocks gathered from Arrow.
+"""Train a language model from zero: a tokenizer trained on the corpus, token blocks gathered from Arrow.
 
-The shape of ``accelerate``'s ``complete_nlp_example.py``, and the same script on one CPU, one GPU or
-many processes::
+A causal LM (GPT-2 / Llama, ``--objective clm``, the default) or a masked-LM encoder (BERT / ModernBERT,
+``--objective mlm``) whose output folder ``finetune.py --model_name_or_path`` fine-tunes for NER or
+classification. The shape of ``accelerate``'s ``complete_nlp_example.py``, and the same script on one CPU,
+one GPU or many processes::
 
     python scripts/pretrain.py                                   # character-level GPT on tiny Shakespeare, a few minutes
     python scripts/pretrain.py --tokenizer bpe --vocab_size 4096 # byte-level BPE instead
+    python scripts/pretrain.py --objective mlm --train_file tests/data/zh_corpus_sample/train.txt \
+        --validation_file tests/data/zh_corpus_sample/validation.txt   # a character-level Chinese BERT
     accelerate launch --mixed_precision bf16 scripts/pretrain.py # the launcher's precision, unless --mixed_precision is given
     torchrun --nproc_per_node 2 scripts/pretrain.py --cpu
+
+With ``--objective mlm`` the tokenizer is BERT's (``BertTokenizerFast``: WordPiece, ``[PAD] [UNK] [CLS]
+[SEP] [MASK]`` as ids 0 to 4, ``[CLS] ... [SEP]`` around each line) with a vocabulary of the characters
+of the train text, so Chinese text is one token per character; each line is tokenized with its
+``[CLS]``/``[SEP]`` and the lines are cut into blocks, as ``run_mlm.py`` does by default (its
+``group_texts``: no padding, every position a real token), and ``hd.MaskedLM`` masks them at batch time
+with ``DataCollatorForLanguageModeling``'s rules, each mask drawn from (seed, epoch, block, position): a
+resumed run masks as the uninterrupted one. The validation blocks are masked the same way at every
+evaluation (and on both data paths), and the validation loss is the mean over the masked tokens.
 
 The hf_dtype lines are in ``get_dataloaders``: the tokenized lines are stored once in the smallest
 dtype (``hd.compact``: uint8 for 65 characters, uint16 below 65,536 ids), and ``hd.dataloader``
 cuts the blocks of ``run_clm.py``'s ``group_texts`` from them at batch time (``--packing blocks``)
 or lays each batch of lines end to end (``--packing flat``). ``--plan datasets-default`` runs
 ``run_clm.py``'s own data path (``group_texts`` stored by a ``map``, ``with_format("torch")``,
-``default_data_collator``) on the same blocks in the same order. Packed batches need the model's
-cache off (``use_cache=False``): with it on, transformers ignores ``position_ids`` when masking and
-the rows of a flat batch attend to each other.
+``default_data_collator``) on the same blocks in the same order; with ``--objective mlm``,
+``run_mlm.py``'s (``group_texts``, then ``DataCollatorForLanguageModeling``, which draws its masks from
+torch's random stream). Packed batches need the model's cache off (``use_cache=False``): with it on,
+transformers ignores ``position_ids`` when masking and the rows of a flat batch attend to each other.
 
 It prints one line on where it runs (device, processes, mixed precision) and, every ``--logging_steps``
 optimizer steps, one line with the loss, the learning rate and the tokens per second; a live bar only
@@ -31,7 +45,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -49,6 +63,9 @@ import hf_dtype as hd
 from hf_dtype.loader import EpochBatchSampler, EpochSampler
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "tinyshakespeare" / "input.txt"
+MASKED_LM_TYPES = ("bert", "modernbert")
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0 to 4, in bert-base's order of roles
+MIN_ENCODER_POSITIONS = 512  # BERT's: a fine-tuning run may feed longer rows than the pretraining blocks
 
 
 class InputError(ValueError):
@@ -58,34 +75,55 @@ class InputError(ValueError):
 # --------------------------------------------------------------------------------------------- arguments
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except where there is none to show (None: the help says what the objective picks)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; the defaults are nanoGPT's CPU recipe for tiny Shakespeare, so no arguments runs it."""
     parser = argparse.ArgumentParser(
-        description="Train a causal language model from zero with hf_dtype's packed batches. With no arguments: a 4-layer "
-                    "character-level GPT on the committed tiny Shakespeare (tests/data/tinyshakespeare), offline, in a few minutes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train a language model from zero with hf_dtype's packed batches: a causal LM (--objective clm) or a masked-LM "
+                    "encoder that finetune.py fine-tunes (--objective mlm). With no arguments: a 4-layer character-level GPT on the "
+                    "committed tiny Shakespeare (tests/data/tinyshakespeare), offline, in a few minutes.",
+        formatter_class=HelpFormatter)
+    parser.add_argument("--objective", choices=["clm", "mlm"], default="clm",
+                        help="clm: a causal LM (GPT-2 / Llama) predicting the next token; mlm: a masked-LM encoder (BERT / "
+                             "ModernBERT) predicting masked tokens, with a BERT tokenizer of characters, for finetune.py.")
     data = parser.add_argument_group("data and tokenizer")
     data.add_argument("--train_file", default=str(DEFAULT_CORPUS), help="A text file (one row per line, line breaks kept).")
     data.add_argument("--validation_file", default=None, help="Default: the last --validation_split_percentage of the text.")
     data.add_argument("--dataset_name", default=None, help="A dataset with a 'text' column, on the Hub or in a local folder.")
     data.add_argument("--validation_split_percentage", type=float, default=10.0)
     data.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
-                      help="char: one id per character; bpe: byte-level BPE trained on the text.")
+                      help="char: one id per character (mlm: a BERT WordPiece tokenizer whose vocabulary is [PAD] [UNK] [CLS] [SEP] "
+                           "[MASK] and the characters of the train text); bpe: byte-level BPE trained on the text (clm only).")
     data.add_argument("--vocab_size", type=int, default=4096, help="For --tokenizer bpe.")
     data.add_argument("--packing", choices=["blocks", "flat"], default="blocks",
-                      help="blocks: --block_size tokens of the lines end to end; flat: each batch of lines as one row.")
+                      help="blocks: --block_size tokens of the lines end to end (mlm: the only one, run_mlm.py's default); flat: "
+                           "each batch of lines as one row (clm only).")
     data.add_argument("--plan", choices=["compact", "datasets-default"], default="compact",
-                      help="compact: hd.compact + hd.dataloader; datasets-default: run_clm.py's group_texts + with_format('torch').")
+                      help="compact: hd.compact + hd.dataloader; datasets-default: run_clm.py's (run_mlm.py's) group_texts + "
+                           "with_format('torch') + default_data_collator (DataCollatorForLanguageModeling).")
+    data.add_argument("--mlm_probability", type=float, default=0.15,
+                      help="mlm: the share of tokens chosen for the loss (80%% become [MASK], 10%% a random token, 10%% stay).")
     data.add_argument("--widen", choices=["device", "cpu"], default="device",
                       help="Widen batches to int64 on the device after the transfer, or on the CPU.")
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", choices=["gpt2", "llama"], default="gpt2",
-                       help="The architecture, built from a config (no pretrained weights).")
-    model.add_argument("--n_layer", type=int, default=4, help="Transformer layers.")
-    model.add_argument("--n_head", type=int, default=4, help="Attention heads.")
-    model.add_argument("--n_embd", type=int, default=128, help="Width.")
-    model.add_argument("--block_size", type=int, default=64, help="Tokens per block (and the model's context).")
-    model.add_argument("--dropout", type=float, default=0.0, help="Dropout.")
+    model.add_argument("--model_type", choices=["gpt2", "llama", *MASKED_LM_TYPES], default=None,
+                       help="The architecture, built from a config (no pretrained weights): gpt2 or llama for clm (default gpt2), "
+                            "bert or modernbert for mlm (default bert).")
+    model.add_argument("--n_layer", type=int, default=4, help="Transformer layers (BERT's num_hidden_layers).")
+    model.add_argument("--n_head", type=int, default=4, help="Attention heads (BERT's num_attention_heads).")
+    model.add_argument("--n_embd", type=int, default=128,
+                       help="Width (BERT's hidden_size; the feed-forward layers are 4x as wide for BERT, 1.5x for ModernBERT, as "
+                            "in their own configs).")
+    model.add_argument("--block_size", type=int, default=64,
+                       help="Tokens per block (clm: and the model's context; mlm: the context is at least 512 positions, BERT's, "
+                            "so that finetune.py's --max_length up to 512 fits).")
+    model.add_argument("--dropout", type=float, default=None, help="Dropout. Default: 0.0 for clm (nanoGPT's), 0.1 for mlm (BERT's).")
     train = parser.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=12,
                        help="Blocks (or lines, with --packing flat) per batch and process.")
@@ -112,7 +150,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", type=int, default=None, help="Save the training state every N optimizer steps.")
     run.add_argument("--resume_from_checkpoint", default=None, help="A step_N folder, or 'latest' (in --output_dir).")
     run.add_argument("--with_tracking", action="store_true", help="Log to TensorBoard under --output_dir.")
-    run.add_argument("--sample_tokens", type=int, default=300, help="Tokens of text to generate with the trained model.")
+    run.add_argument("--sample_tokens", type=int, default=300,
+                     help="Tokens of text to generate with the trained model (clm), or of the first validation line to mask every 7th "
+                          "of and fill in (mlm); 0: no sample.")
     return parser.parse_args(argv)
 
 
@@ -130,6 +170,20 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise InputError("--plan datasets-default is run_clm.py's data path, which makes blocks: use it with --packing blocks.")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
         raise InputError(f"--vocab_size {args.vocab_size} is too small for byte-level BPE: expected at least 257 (256 bytes + 1).")
+    masked = args.objective == "mlm"
+    if args.model_type is None:
+        args.model_type = "bert" if masked else "gpt2"
+    if masked != (args.model_type in MASKED_LM_TYPES):
+        expected = f"one of {list(MASKED_LM_TYPES)}" if masked else "gpt2 or llama"
+        raise InputError(f"--model_type {args.model_type} does not train with --objective {args.objective}; expected {expected}.")
+    if masked and args.tokenizer != "char":
+        raise InputError("--objective mlm makes a BERT tokenizer of characters: use it with --tokenizer char (bpe is for clm).")
+    if masked and args.packing != "blocks":
+        raise InputError("--objective mlm masks blocks of tokens (run_mlm.py's default): use it with --packing blocks.")
+    if not 0 < args.mlm_probability < 1:
+        raise InputError(f"--mlm_probability must lie in (0, 1); got {args.mlm_probability}.")
+    if args.dropout is None:
+        args.dropout = 0.1 if masked else 0.0
     return args
 
 
@@ -174,9 +228,13 @@ def load_text(args: argparse.Namespace) -> datasets.DatasetDict:
 
 
 def train_tokenizer(args: argparse.Namespace, train: datasets.Dataset) -> transformers.PreTrainedTokenizerFast:
-    """A tokenizer trained on the training text with the ``tokenizers`` library: one id per character, or byte-level BPE."""
+    """A tokenizer trained on the training text with the ``tokenizers`` library: one id per character, or byte-level BPE;
+    for a masked LM, BERT's tokenizer with a vocabulary of characters (``bert_char_tokenizer``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    if args.objective == "mlm":
+        inputs = ["input_ids", "attention_mask"] if args.model_type == "modernbert" else None  # ModernBERT takes no token_type_ids
+        return bert_char_tokenizer(train["text"], model_max_length=context_length(args), model_input_names=inputs)
     if args.tokenizer == "char":
         characters = sorted(set(chain.from_iterable(train["text"])))
         tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(characters)}, unk_token=None))
@@ -192,67 +250,150 @@ def train_tokenizer(args: argparse.Namespace, train: datasets.Dataset) -> transf
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
 
 
+def bert_char_tokenizer(lines: Iterable[str], *, model_max_length: int,
+                        model_input_names: list[str] | None = None) -> transformers.PreTrainedTokenizerFast:
+    """``BertTokenizerFast`` with a vocabulary of the characters of ``lines``: ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4), then
+    each character, then ``##`` + each character seen inside a word.
+
+    BERT's own pipeline, cased: ``BertNormalizer`` puts spaces around CJK characters, so Chinese text is one token a
+    character, and ``BertPreTokenizer`` splits the rest at spaces and punctuation; a Latin word or a run of digits is then
+    one character and its continuations (``i ##P ##h ##o ##n ##e``), as bert-base-chinese tokenizes it. Every character
+    has its word-initial form, so ``is_split_into_words=True`` with one character a word (character-level NER) gives one
+    token a word. Saved with ``save_pretrained``, it loads with ``AutoTokenizer.from_pretrained`` as a ``BertTokenizer(Fast)``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    def pipeline(tokenizer: Tokenizer) -> Tokenizer:
+        tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        return tokenizer
+
+    alphabet = pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))  # WordPiece's trainer without merges: the characters
+    alphabet.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=1, special_tokens=list(BERT_SPECIAL_TOKENS),
+                                                                  show_progress=False))
+    seen = [token for token in alphabet.get_vocab() if token not in BERT_SPECIAL_TOKENS]
+    inside = sorted(token[2:] for token in seen if len(token) == 3 and token.startswith("##"))
+    initial = sorted({*(token for token in seen if len(token) == 1), *inside})
+    vocab = {token: i for i, token in enumerate([*BERT_SPECIAL_TOKENS, *initial, *(f"##{c}" for c in inside)])}
+    tokenizer = pipeline(Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")))
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    options = {"model_input_names": model_input_names} if model_input_names else {}
+    return transformers.BertTokenizerFast(tokenizer_object=tokenizer, do_lower_case=False, strip_accents=False, tokenize_chinese_chars=True,
+                                          model_max_length=model_max_length, **options)
+
+
 def tokenize(text: datasets.DatasetDict, tokenizer: Any) -> datasets.DatasetDict:
-    """Token ids per line, as ``datasets`` stores a tokenizer's output (int32 ids, int8 attention mask)."""
-    tokenized = text.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"], desc="Tokenizing")
+    """Token ids per line, as ``datasets`` stores a tokenizer's output (int32 ids, int8 attention mask).
+
+    A line longer than the tokenizer's ``model_max_length`` is fine here (it is cut into blocks): transformers' warning that
+    it would not fit the model is kept quiet.
+    """
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        tokenized = text.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"], desc="Tokenizing")
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     for split, part in tokenized.items():
         if sum(len(ids) for ids in part["input_ids"]) == 0:
             raise InputError(f"The {split} text holds no token; expected text.")
     return tokenized
 
 
-def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
-    """``run_clm.py``'s ``group_texts``: every column concatenated and cut into blocks, the remainder dropped."""
+def group_texts(examples: dict[str, list], block_size: int, labels: bool = True) -> dict[str, list]:
+    """``run_clm.py``'s ``group_texts``: every column concatenated and cut into blocks, the remainder dropped; ``labels``
+    the ids (``run_mlm.py``'s makes none: its collator does)."""
     concatenated = {key: list(chain.from_iterable(examples[key])) for key in examples}
     total = len(concatenated["input_ids"]) // block_size * block_size
     result = {key: [values[i:i + block_size] for i in range(0, total, block_size)] for key, values in concatenated.items()}
-    result["labels"] = result["input_ids"].copy()
+    if labels:
+        result["labels"] = result["input_ids"].copy()
     return result
 
 
 class Served:
-    """The loaders of one data path, with how to widen its batches and what it stores."""
+    """The loaders of one data path, with how to widen its batches and what it stores; ``masked``: masked-LM batches."""
 
     def __init__(self, train: DataLoader, validation: DataLoader, order: Any, plan: hd.DtypePlan | None, stored_bytes: int,
-                 tokens: int) -> None:
-        self.train, self.validation, self.order, self.plan = train, validation, order, plan
+                 tokens: int, masked: bool = False) -> None:
+        self.train, self.validation, self.order, self.plan, self.masked = train, validation, order, plan, masked
         self.bytes_per_token = stored_bytes / tokens
 
     def widen(self, batch: dict[str, Any]) -> dict[str, Any]:
         return self.plan.widen(batch) if self.plan is not None else batch
 
 
-def get_dataloaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, vocab_size: int) -> Served:
-    """Train and validation loaders: the same blocks in the same order on either data path; validation is always in blocks."""
+def get_dataloaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, vocab_size: int, tokenizer: Any = None) -> Served:
+    """Train and validation loaders: the same blocks in the same order on either data path; validation is always in blocks
+    (for a masked LM, the same masked blocks on both paths: ``hd.MaskedLM``'s, whose masks do not change between evaluations).
+    A masked LM needs the ``tokenizer`` (its mask and special tokens)."""
     tokens = sum(len(ids) for ids in tokenized["train"]["input_ids"])
+    masked = args.objective == "mlm"
     if args.plan == "datasets-default":
-        blocks = tokenized.map(group_texts, batched=True, batch_size=None, fn_kwargs={"block_size": args.block_size},
+        blocks = tokenized.map(group_texts, batched=True, batch_size=None, fn_kwargs={"block_size": args.block_size, "labels": not masked},
                                desc=f"Grouping texts in blocks of {args.block_size}")
         for split, part in blocks.items():
             _enough_tokens(split, len(part), args.block_size)
         order = EpochSampler(len(blocks["train"]), shuffle=True, seed=args.seed)
+        collator = (transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability) if masked
+                    else transformers.default_data_collator)  # run_mlm.py's: its masks come from torch's random stream
 
         def loader(split: str, batch_size: int, sampler: EpochSampler) -> DataLoader:
             return DataLoader(blocks[split].with_format("torch"), batch_sampler=EpochBatchSampler(sampler, batch_size, False),
-                              collate_fn=transformers.default_data_collator, generator=torch.Generator())
+                              collate_fn=collator, generator=torch.Generator())
 
-        return Served(loader("train", args.per_device_train_batch_size, order),
-                      loader("validation", args.per_device_eval_batch_size, EpochSampler(len(blocks["validation"]))),
-                      order, None, blocks["train"].data.nbytes, len(blocks["train"]) * args.block_size)
+        validation = (_compact_loaders(args, tokenized, vocab_size, tokenizer, "cpu")[1] if masked
+                      else loader("validation", args.per_device_eval_batch_size, EpochSampler(len(blocks["validation"]))))
+        return Served(loader("train", args.per_device_train_batch_size, order), validation, order, None, blocks["train"].data.nbytes,
+                      len(blocks["train"]) * args.block_size, masked)
+    train, validation, small = _compact_loaders(args, tokenized, vocab_size, tokenizer, args.widen)
+    return Served(train, validation, train, train.plan, small["train"].data.column("input_ids").nbytes, tokens, masked)
+
+
+def _compact_loaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, vocab_size: int, tokenizer: Any,
+                     widen: str) -> tuple[Any, Any, datasets.DatasetDict]:
+    """hf_dtype's train and validation loaders, and the compact splits they read."""
     small = hd.compact(tokenized, hd.infer_plan(tokenized, vocab_size=vocab_size))  # uint8 ids for 65 characters
     blocks = hd.Blocks(args.block_size, label_column=None)  # causal LM: the labels are the ids
+    if args.objective == "mlm":  # masked LM: the labels are the chosen tokens, masked at batch time from (seed, epoch, block, position)
+        blocks = hd.MaskedLM(blocks, mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size,
+                             special_token_ids=tokenizer.all_special_ids, mlm_probability=args.mlm_probability)
     try:
-        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, widen=args.widen,
+        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, widen=widen,
                               layout=blocks if args.packing == "blocks" else hd.Flat(label_column=None))
-        validation = hd.dataloader(small["validation"], args.per_device_eval_batch_size, widen=args.widen, layout=blocks)
+        validation = hd.dataloader(small["validation"], args.per_device_eval_batch_size, seed=args.seed, widen=widen, layout=blocks)
     except ValueError as error:
         raise InputError(str(error)) from None
-    return Served(train, validation, train, train.plan, small["train"].data.column("input_ids").nbytes, tokens)
+    return train, validation, small
 
 
 def _enough_tokens(split: str, blocks: int, block_size: int) -> None:
     if blocks == 0:
         raise InputError(f"The {split} text is shorter than one block of {block_size} tokens; expected a smaller --block_size.")
+
+
+def context_length(args: argparse.Namespace) -> int:
+    """The positions of a masked-LM encoder: the blocks', and at least BERT's 512, so that fine-tuning may feed longer rows."""
+    return max(args.block_size, MIN_ENCODER_POSITIONS)
+
+
+def build_masked_lm(args: argparse.Namespace, tokenizer: Any) -> transformers.PreTrainedModel:
+    """A BERT (or ModernBERT) masked LM from a config sized by --n_layer / --n_head / --n_embd, no pretrained weights."""
+    special = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+    if args.model_type == "bert":
+        config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=args.n_embd, num_hidden_layers=args.n_layer,
+                                         num_attention_heads=args.n_head, intermediate_size=4 * args.n_embd,
+                                         max_position_embeddings=context_length(args), hidden_dropout_prob=args.dropout,
+                                         attention_probs_dropout_prob=args.dropout, pad_token_id=tokenizer.pad_token_id)
+    else:
+        config = transformers.ModernBertConfig(vocab_size=len(tokenizer), hidden_size=args.n_embd, num_hidden_layers=args.n_layer,
+                                               num_attention_heads=args.n_head, intermediate_size=3 * args.n_embd // 2,
+                                               max_position_embeddings=context_length(args), attention_dropout=args.dropout,
+                                               embedding_dropout=args.dropout, mlp_dropout=args.dropout,
+                                               bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **special)
+    return transformers.AutoModelForMaskedLM.from_config(config)
 
 
 def build_model(args: argparse.Namespace, vocab_size: int, positions: int) -> transformers.PreTrainedModel:
@@ -305,17 +446,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, p
 
 
 def evaluate(model: torch.nn.Module, served: Served, accelerator: Accelerator) -> float:
-    """The mean loss per predicted token over every validation block, each block counted once over all processes."""
+    """The mean loss per predicted token over every validation block, each block counted once over all processes: every
+    next token (causal LM), or the masked tokens (masked LM, whose labels are -100 elsewhere)."""
     model.eval()
-    losses = []
+    sums, counts = [], []
     with torch.no_grad():
         for batch in served.validation:
             batch = served.widen(batch)
-            logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
-            per_block = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none").mean(dim=1)
-            losses.append(accelerator.gather_for_metrics(per_block))  # drops the blocks repeated to even out the processes
+            logits, labels = model(input_ids=batch["input_ids"]).logits.float(), batch["labels"]
+            if not served.masked:  # a causal LM's logits at position t predict the token at t + 1
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # 0 where -100
+            block_sums, block_counts = accelerator.gather_for_metrics((per_token.sum(dim=1), (labels != -100).sum(dim=1)))
+            sums.append(block_sums)  # gather_for_metrics drops the blocks repeated to even out the processes
+            counts.append(block_counts)
     model.train()
-    return torch.cat(losses).mean().item()
+    return (torch.cat(sums).sum() / torch.cat(counts).sum()).item()
 
 
 def sample(model: torch.nn.Module, tokenizer: Any, tokens: int, seed: int, context: int) -> str:
@@ -395,9 +541,12 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
         text = load_text(args)
         tokenizer = train_tokenizer(args, text["train"])
         tokenized = tokenize(text, tokenizer)
-        served = get_dataloaders(args, tokenized, len(tokenizer))
-    longest = max(len(ids) for ids in tokenized["train"]["input_ids"]) if args.packing == "flat" else 0  # a flat row is a whole line
-    model = build_model(args, len(tokenizer), max(args.block_size, longest))
+        served = get_dataloaders(args, tokenized, len(tokenizer), tokenizer)
+    if args.objective == "mlm":
+        model = build_masked_lm(args, tokenizer)
+    else:
+        longest = max(len(ids) for ids in tokenized["train"]["input_ids"]) if args.packing == "flat" else 0  # a flat row: a whole line
+        model = build_model(args, len(tokenizer), max(args.block_size, longest))
     optimizer = make_optimizer(model, args, accelerator.device)
     accelerator.register_for_checkpointing(served.order)  # the data order's epoch is part of a checkpoint
     model, optimizer, train_loader, served.validation = accelerator.prepare(model, optimizer, served.train, served.validation)
@@ -420,8 +569,10 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
         "num_parameters": sum(p.numel() for p in model.parameters()), "num_processes": accelerator.num_processes,
         "plan": served.plan.to_dict() if served.plan else None,
     }
-    metrics["bits_per_character"] = _bits_per_character(metrics["validation_loss"], tokenized["validation"], text["validation"])
-    save_outputs(args, accelerator, model, tokenizer, metrics)
+    metrics["objective"], metrics["model_type"] = args.objective, args.model_type
+    metrics["bits_per_character"] = (None if args.objective == "mlm"  # a loss over masked tokens is no measure of the text's entropy
+                                     else _bits_per_character(metrics["validation_loss"], tokenized["validation"], text["validation"]))
+    save_outputs(args, accelerator, model, tokenizer, metrics, next((line for line in text["validation"]["text"] if line.strip()), ""))
     accelerator.end_training()
     return metrics
 
@@ -541,20 +692,49 @@ def _bits_per_character(loss: float | None, tokenized: datasets.Dataset, text: d
     return loss * tokens / characters / math.log(2)
 
 
+def fill_mask_sample(model: torch.nn.Module, tokenizer: Any, text: str, tokens: int, every: int = 7) -> str:
+    """The first ``tokens`` tokens of ``text`` with every ``every``-th one masked, and as the model fills them in (argmax):
+    a glance at what a masked LM learnt, where a causal LM writes a sample."""
+    model.eval()
+    ids = tokenizer(text, truncation=True, max_length=min(tokens, model.config.max_position_embeddings),
+                    return_tensors="pt")["input_ids"].to(model.device)
+    positions = torch.arange(1, ids.shape[1] - 1, every, device=model.device)  # never [CLS] or [SEP]
+    masked = ids.clone()
+    masked[0, positions] = tokenizer.mask_token_id
+    with torch.no_grad():
+        filled = masked.clone()
+        filled[0, positions] = model(input_ids=masked).logits[0, positions].argmax(dim=-1)
+
+    def show(row: torch.Tensor) -> str:
+        return "".join(token.removeprefix("##") for token in tokenizer.convert_ids_to_tokens(row[1:-1].tolist()))
+
+    right = int((filled[0, positions] == ids[0, positions]).sum())
+    return (f"text:   {show(ids[0])}\nmasked: {show(masked[0])}\nfilled: {show(filled[0])}\n"
+            f"({right} of {len(positions)} masked tokens right)")
+
+
 def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
-                 metrics: dict[str, Any]) -> None:
-    """Model, tokenizer, ``metrics.json`` and a generated sample in ``--output_dir``; the scores and the sample printed."""
+                 metrics: dict[str, Any], validation_text: str = "") -> None:
+    """Model, tokenizer, ``metrics.json`` and a sample in ``--output_dir`` (generated by a causal LM; ``validation_text`` with
+    masks filled in by a masked LM); the scores and the sample printed."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        context = unwrapped.config.max_position_embeddings if args.model_type == "llama" else unwrapped.config.n_positions
-        metrics["sample"] = sample(unwrapped, tokenizer, args.sample_tokens, args.seed, context) if args.sample_tokens else ""
+        if not args.sample_tokens:
+            metrics["sample"] = ""
+        elif args.objective == "mlm":
+            metrics["sample"] = fill_mask_sample(unwrapped, tokenizer, validation_text, args.sample_tokens)
+        else:
+            context = unwrapped.config.max_position_embeddings if args.model_type == "llama" else unwrapped.config.n_positions
+            metrics["sample"] = sample(unwrapped, tokenizer, args.sample_tokens, args.seed, context)
         os.makedirs(args.output_dir, exist_ok=True)
         unwrapped.save_pretrained(args.output_dir)
         tokenizer.save_pretrained(args.output_dir)
         Path(args.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
         Path(args.output_dir, "sample.txt").write_text(metrics["sample"])
-        print(f"validation loss {metrics['validation_loss']:.4f} ({metrics['bits_per_character']:.3f} bits per character) after "
+        bits = metrics["bits_per_character"]
+        measure = "masked tokens" if bits is None else f"{bits:.3f} bits per character"
+        print(f"validation loss {metrics['validation_loss']:.4f} ({measure}) after "
               f"{metrics['steps']} steps: training {metrics['train_seconds']:.1f} s, {metrics['tokens_per_second']:,.0f} tokens/s, "
               f"{metrics['data_wait_share']:.1%} of it waiting for data; {len(metrics['evaluations'])} evaluation(s) "
               f"{metrics['eval_seconds']:.1f} s; {metrics['bytes_per_stored_token']:.2f} bytes per stored token")

@@ -1,4 +1,5 @@
-"""Fixtures of ``test_finetune.py``: a tiny BERT with the MiniLM tokenizer, and small data files, all offline.
+"""Fixtures of ``test_finetune.py``: a tiny BERT with the MiniLM tokenizer, a tiny character-level BERT pretrained from zero
+by ``pretrain.py --objective mlm``, and small data files, all offline.
 
 Kept out of ``conftest.py`` so that the fine-tuning tests own them; import the fixtures by name.
 """
@@ -17,6 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 SAMPLE = ROOT / "tests" / "data" / "conll2003_sample"
+ZH_CORPUS = ROOT / "tests" / "data" / "zh_corpus_sample"
+PEOPLES_DAILY = ROOT / "tests" / "data" / "peoples_daily_ner_sample"  # Hub layout: data/{train,validation,test}-*.parquet
+SHOPPING_REVIEWS = ROOT / "tests" / "data" / "shopping_reviews_zh_sample"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
@@ -70,6 +74,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def mlm_argv(output: Path, *extra: str) -> list[str]:
+    """The command line of a tiny ``pretrain.py --objective mlm`` run on the committed Chinese corpus sample (1 layer, width 32)."""
+    return ["--objective", "mlm", "--train_file", str(ZH_CORPUS / "train.txt"), "--validation_file", str(ZH_CORPUS / "validation.txt"),
+            "--output_dir", str(output), "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
+            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_train_steps", "12", "--eval_every", "6",
+            "--num_warmup_steps", "2", "--sample_tokens", "40", *extra]
+
+
+@pytest.fixture(scope="session")
+def char_bert_dir(tmp_path_factory) -> Path:
+    """A character-level BERT pretrained from zero for a few steps by ``pretrain.py --objective mlm``: its output folder."""
+    import pretrain
+
+    folder = tmp_path_factory.mktemp("char_bert")
+    reset_accelerate()
+    pretrain.run(pretrain.parse_args(mlm_argv(folder, "--max_train_steps", "6")))
     return folder
 
 

@@ -22,8 +22,10 @@ pytest.register_assert_rewrite("finetune_fixtures")  # it is imported here befor
 
 # isort: off
 from finetune_fixtures import (  # noqa: E402
+    PEOPLES_DAILY,
     ROOT,
     SCRIPTS,
+    SHOPPING_REVIEWS,
     free_port,
     ner_argv,
     parse,
@@ -37,7 +39,7 @@ import study_support  # noqa: E402
 from finetune_data import CONLL_LABELS, InputError, label_space, tokenize_datasets  # noqa: E402
 # isort: on
 
-pytest_plugins = ["finetune_fixtures"]  # tiny_model_dir, ner_files, classification_files
+pytest_plugins = ["finetune_fixtures"]  # tiny_model_dir, char_bert_dir, ner_files, classification_files
 
 SCRIPT = str(SCRIPTS / "finetune.py")
 
@@ -174,6 +176,76 @@ def test_local_dataset_folder_through_load_dataset(tiny_model_dir, ner_files, tm
                    "--max_train_steps", "2", "--per_device_train_batch_size", "8"])
     assert metrics["rows"] == {"train": 40, "validation": 20}
     assert metrics["completed_steps"] == 2
+
+
+# --------------------------------------------------------------------------------------------- Chinese, from zero
+
+PEOPLES_DAILY_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+
+
+def test_ner_with_the_char_bert_from_pretrain_on_a_hub_layout_folder(char_bert_dir, tmp_path, capsys):
+    """`finetune.py --model_name_or_path <pretrain.py --objective mlm output> --dataset_name <Parquet folder>`, no other
+    option: the label names are the ClassLabel's, every character is one token (so one prediction a character), no [UNK]."""
+    out = tmp_path / "ner"
+    metrics = run(["--model_name_or_path", str(char_bert_dir), "--dataset_name", str(PEOPLES_DAILY), "--output_dir", str(out),
+                   "--max_length", "256", "--max_train_steps", "3", "--per_device_eval_batch_size", "64"])
+    assert metrics["labels"] == PEOPLES_DAILY_TAGS
+    assert metrics["rows"] == {"train": 200, "validation": 50, "test": 50}
+    assert metrics["unknown_token_share"] == 0.0  # the pretraining text holds every train character
+    assert "warning:" not in capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"f1", "precision", "recall", "accuracy"} <= set(saved["validation"]) and 0.0 <= saved["validation"]["f1"] <= 1.0
+    from datasets import load_dataset
+
+    sentences = load_dataset(str(PEOPLES_DAILY), split="validation")["tokens"]
+    assert [len(row) for row in metrics["predictions"]["validation"]] == [len(row) for row in sentences]
+    assert {tag for row in metrics["predictions"]["validation"] for tag in row} <= set(PEOPLES_DAILY_TAGS)
+
+
+def test_classification_with_the_char_bert_on_a_hub_layout_folder(char_bert_dir, tmp_path):
+    """Shopping reviews (text + ClassLabel negative/positive): accuracy in metrics.json, the label names the ClassLabel's."""
+    out = tmp_path / "reviews"
+    metrics = run(["--task", "classification", "--model_name_or_path", str(char_bert_dir), "--dataset_name", str(SHOPPING_REVIEWS),
+                   "--output_dir", str(out), "--max_length", "64", "--max_train_steps", "3"])
+    assert metrics["labels"] == ["negative", "positive"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "f1"} <= set(saved["validation"]) and len(metrics["predictions"]["validation"]) == 50
+    assert set(metrics["predictions"]["validation"]) <= {"negative", "positive"}
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(out).id2label == {0: "negative", 1: "positive"}
+
+
+def test_parquet_files_keep_their_class_labels(char_bert_dir, tmp_path):
+    """--train_file / --validation_file as Parquet (written by datasets: the ClassLabel feature travels in the file);
+    a Parquet file with no row is the usual one-line error."""
+    data = PEOPLES_DAILY / "data"
+    argv = ["--model_name_or_path", str(char_bert_dir), "--train_file", str(data / "train-00000-of-00001.parquet"), "--validation_file",
+            str(data / "validation-00000-of-00001.parquet"), "--max_length", "64", "--max_train_steps", "1"]
+    metrics = run(argv)
+    assert metrics["labels"] == PEOPLES_DAILY_TAGS and metrics["rows"] == {"train": 200, "validation": 50}
+    from datasets import load_dataset
+
+    empty = tmp_path / "empty.parquet"
+    load_dataset(str(PEOPLES_DAILY), split="train").select([]).to_parquet(empty)
+    with pytest.raises(InputError, match=r"--validation_file '.*empty\.parquet' is empty; expected at least one example"):
+        run([*argv[:4], "--validation_file", str(empty)])
+    (tmp_path / "text.parquet").write_text("not parquet")
+    with pytest.raises(InputError, match=r"--train_file '.*text\.parquet' cannot be read as Parquet: "):
+        run([*argv[:2], "--train_file", str(tmp_path / "text.parquet")])
+
+
+def test_unknown_tokens_warning_with_the_english_minilm_tokenizer(tiny_model_dir, capsys):
+    """The MiniLM tokenizer (English, uncased) makes 61% of the People's Daily characters [UNK] (60.6% of the tokens
+    kept by --max_length 64): one line says so, names the share and what to use instead; metrics.json records the share."""
+    metrics = run(["--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(PEOPLES_DAILY), "--max_length", "64",
+                   "--max_train_steps", "1"])
+    assert metrics["unknown_token_share"] == pytest.approx(0.606, abs=1e-3)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert re.fullmatch(r"warning: 60\.6% of the train tokens are \[UNK\] \(unknown to the tokenizer of .*\), so the model cannot "
+                        r"tell them apart; fine-tune a model whose vocabulary covers the text, e\.g\. one pretrained on it with "
+                        r"scripts/pretrain\.py --objective mlm\.", warnings[0]), warnings[0]
 
 
 # --------------------------------------------------------------------------------------------- the command line
@@ -412,6 +484,10 @@ def test_command_line_error_is_one_line_before_training(tiny_model_dir, ner_file
 def test_bad_options(tiny_model_dir, ner_files, tmp_path):
     with pytest.raises(InputError, match=r"--plan 'nope' is neither 'datasets-default', 'compact' nor an existing plan JSON file"):
         run([*ner_argv(tiny_model_dir, ner_files), "--plan", "nope"])
+    run([*ner_argv(tiny_model_dir, ner_files), "--max_length", "128", "--max_train_steps", "1"])  # every row fits 64 positions
+    with pytest.raises(InputError, match=r"The train split has rows of 128 tokens, longer than the 64 positions of .* "
+                                          r"\(max_position_embeddings\); expected --max_length 64 or less"):
+        run(["--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(PEOPLES_DAILY), "--max_length", "128"])
     with pytest.raises(InputError, match=r"--checkpointing_steps 'often': expected a number of steps or 'epoch'"):
         run([*ner_argv(tiny_model_dir, ner_files), "--checkpointing_steps", "often"])
     with pytest.raises(InputError, match=r"--resume_from_checkpoint latest: no step_N or epoch_N checkpoint folder"):

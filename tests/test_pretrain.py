@@ -1,6 +1,8 @@
-"""Tests of ``scripts/pretrain.py``: the run_clm data path and hf_dtype's give the same losses, resume, tokenizers, bad input.
+"""Tests of ``scripts/pretrain.py``: the run_clm data path and hf_dtype's give the same losses, resume, tokenizers, bad input;
+a masked-LM BERT from zero with a BERT tokenizer of characters (``--objective mlm``).
 
-Offline and small: the first 30,000 characters of the committed tiny Shakespeare, a 1-layer model of width 32.
+Offline and small: the first 30,000 characters of the committed tiny Shakespeare, or the committed Chinese corpus sample
+(tests/data/zh_corpus_sample), a 1-layer model of width 32.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pretrain  # noqa: E402
-from finetune_fixtures import reset_accelerate  # noqa: E402
+from finetune_fixtures import ZH_CORPUS, mlm_argv, reset_accelerate  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "tinyshakespeare" / "input.txt"
 SCRIPT = str(ROOT / "scripts" / "pretrain.py")
@@ -156,3 +158,108 @@ def test_help_shows_the_defaults_and_the_committed_corpus():
     text = " ".join(done.stdout.split())
     assert done.returncode == 0
     assert "committed tiny Shakespeare" in text and "--max_train_steps MAX_TRAIN_STEPS Optimizer steps. (default: 2000)" in text
+
+
+# --------------------------------------------------------------------------------------------- masked LM (--objective mlm)
+
+
+def _run_mlm(output: Path, *extra: str) -> dict:
+    reset_accelerate()
+    return pretrain.run(pretrain.parse_args(mlm_argv(output, *extra)))
+
+
+def test_masked_lm_bert_from_zero_trains_and_saves_what_auto_classes_load(tmp_path):
+    """A BERT from a config sized by --n_layer/--n_head/--n_embd, its loss over the masked tokens finite and falling; the
+    folder loads with AutoTokenizer (a BertTokenizer of characters) and as a BERT for token classification."""
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    metrics = _run_mlm(tmp_path / "bert")
+    losses = metrics["step_losses"]
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert 7.0 < losses[0] < 8.0  # about ln(vocabulary) = ln(1,834): the untrained model guesses evenly
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05
+    assert [e["step"] for e in metrics["evaluations"]] == [6, 12] and 6.0 < metrics["validation_loss"] < 8.0
+    assert metrics["objective"] == "mlm" and metrics["model_type"] == "bert" and metrics["bits_per_character"] is None
+    assert metrics["plan"]["input_ids"]["storage"] == "uint16" and metrics["plan"]["labels"]["pad"] == -100
+    assert "masked tokens right" in metrics["sample"]
+
+    config = AutoConfig.from_pretrained(tmp_path / "bert")
+    assert (config.model_type, config.architectures, config.num_hidden_layers, config.hidden_size) == ("bert", ["BertForMaskedLM"], 1, 32)
+    assert config.max_position_embeddings == 512 and config.hidden_dropout_prob == 0.1  # BERT's, so finetune.py --max_length fits
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "bert")
+    assert type(tokenizer).__name__ in ("BertTokenizer", "BertTokenizerFast") and tokenizer.is_fast
+    assert len(tokenizer) == metrics["vocab_size"] == config.vocab_size
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bert", num_labels=7)
+    assert type(model).__name__ == "BertForTokenClassification"
+
+
+def test_bert_char_tokenizer_round_trip():
+    """[PAD] [UNK] [CLS] [SEP] [MASK] are ids 0-4; Chinese text is one token a character between [CLS] and [SEP]; a Latin
+    word is its characters as WordPiece continuations; character lists (NER) give one token a character; the folder that
+    save_pretrained writes loads with AutoTokenizer and tokenizes every line as the tokenizer made in memory."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    bang, year = "\uff01", "\uff11\uff19\uff19\uff18"  # full-width ! and 1998, as the newspaper writes them
+    lines = [*(ZH_CORPUS / "train.txt").read_text(encoding="utf-8").splitlines(), f"这个 iPhone 很好{bang}{year}年"]
+    made = pretrain.bert_char_tokenizer(lines, model_max_length=512)
+    with tempfile.TemporaryDirectory() as folder:
+        made.save_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.convert_ids_to_tokens(range(5)) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id) == (
+        0, 1, 2, 3, 4)
+    assert [tokenizer(line)["input_ids"] for line in lines] == [made(line)["input_ids"] for line in lines]
+    assert tokenizer.tokenize("中共中央总书记") == list("中共中央总书记")
+    assert tokenizer.tokenize(lines[-1]) == [*"这个", "i", "##P", "##h", "##o", "##n", "##e", *"很好", bang, year[0],
+                                             *(f"##{digit}" for digit in year[1:]), "年"]
+    encoded = tokenizer("江泽民")
+    assert encoded["input_ids"][0] == 2 and encoded["input_ids"][-1] == 3 and len(encoded["input_ids"]) == 5
+    characters = [list("江泽民发表讲话"), list("iPhone")]  # 'P' is only ever inside a word in the text: it has its own id too
+    words = tokenizer(characters, is_split_into_words=True)
+    for i, row in enumerate(characters):
+        assert words.word_ids(i) == [None, *range(len(row)), None]
+        assert tokenizer.unk_token_id not in words["input_ids"][i]
+    assert all(tokenizer.unk_token_id not in ids for ids in tokenizer(lines)["input_ids"])
+    assert tokenizer.tokenize("中文鱻") == ["中", "文", "[UNK]"]  # a character the text never had
+
+
+def test_masked_lm_resume_equals_the_uninterrupted_run(tmp_path):
+    """Masks drawn from (seed, epoch, block, position): the resumed run (step 10, in the second epoch) masks as the
+    uninterrupted one did, so the losses and the validation loss are the very same floats."""
+    full = _run_mlm(tmp_path / "full", "--checkpointing_steps", "5")
+    resumed = _run_mlm(tmp_path / "full", "--resume_from_checkpoint", "latest")
+    assert resumed["step_losses"] == full["step_losses"][10:]
+    assert resumed["validation_loss"] == full["validation_loss"]
+
+
+def test_masked_lm_run_mlm_data_path_and_modernbert(tmp_path):
+    """--plan datasets-default: run_mlm.py's group_texts + DataCollatorForLanguageModeling (int64 blocks of every column),
+    validated on the same masked blocks; --model_type modernbert trains too, its tokenizer without token_type_ids."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    default = _run_mlm(tmp_path / "default", "--plan", "datasets-default", "--max_train_steps", "4", "--sample_tokens", "0")
+    assert len(default["step_losses"]) == 4 and 7.0 < default["validation_loss"] < 8.0
+    assert default["plan"] is None and default["bytes_per_stored_token"] > 6  # int32 ids, int8 masks and types, against 2 compact
+    modern = _run_mlm(tmp_path / "modern", "--model_type", "modernbert", "--max_train_steps", "4", "--sample_tokens", "0")
+    assert modern["model_type"] == "modernbert" and 7.0 < modern["validation_loss"] < 8.0
+    assert AutoConfig.from_pretrained(tmp_path / "modern").model_type == "modernbert"
+    assert "token_type_ids" not in AutoTokenizer.from_pretrained(tmp_path / "modern")("中文")
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--model_type", "gpt2"], r"--model_type gpt2 does not train with --objective mlm; expected one of \['bert', 'modernbert'\]"),
+    (["--tokenizer", "bpe"], r"--objective mlm makes a BERT tokenizer of characters: use it with --tokenizer char"),
+    (["--packing", "flat"], r"--objective mlm masks blocks of tokens \(run_mlm.py's default\): use it with --packing blocks"),
+    (["--mlm_probability", "0"], r"--mlm_probability must lie in \(0, 1\); got 0.0"),
+])
+def test_masked_lm_bad_options_are_one_clear_error(tmp_path, extra, match):
+    with pytest.raises(pretrain.InputError, match=match):
+        _run_mlm(tmp_path / "bad", *extra)
+
+
+def test_causal_lm_with_an_encoder_is_one_clear_error(corpus, tmp_path):
+    with pytest.raises(pretrain.InputError, match=r"--model_type bert does not train with --objective clm; expected gpt2 or llama"):
+        _run(corpus, tmp_path / "bad", "--model_type", "bert")
