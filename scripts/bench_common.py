@@ -155,7 +155,10 @@ def code_version() -> dict[str, Any]:
         except OSError:
             return ""
 
-    return {"commit": git("rev-parse", "--short", "HEAD"), "hf_dtype_uncommitted_changes": bool(git("status", "--porcelain", "hf_dtype"))}
+    # Tracked files changed, or new Python files (an untracked py.typed changes no figure).
+    changed = git("status", "--porcelain", "--untracked-files=no", "hf_dtype") or git("ls-files", "--others", "--exclude-standard",
+                                                                                     "hf_dtype/*.py")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "hf_dtype_uncommitted_changes": bool(changed)}
 
 
 def load_average() -> list[float] | None:

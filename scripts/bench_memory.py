@@ -7,7 +7,7 @@
    ``--rows long`` uses synthetic rows of 128-512 tokens instead (fewer, longer rows), which
    separates what costs per row (the shuffled order) from what costs per byte.
 2. Iterate (each in a FRESH child process): ``load_from_disk`` (memory-mapped), then one shuffled
-   epoch of ``hd.dataloader(ds, batch_size=256, shuffle=True)``, sampling ``/proc/self/status``
+   epoch of ``hd.dataloader(ds, batch_size=256, shuffle=True, widen="device")``, sampling ``/proc/self/status``
    (``VmRSS``, ``RssAnon``, ``RssFile``) every few batches. Memory-mapped pages that were read count
    as file-backed RSS (``RssFile``; the kernel can drop them at any time), so the honest measure of
    what the loader keeps is the anonymous memory (``RssAnon``); both are reported, as growth over
@@ -145,7 +145,7 @@ def stage_iterate(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     dataset = datasets.load_from_disk(str(path))
     after_load = status()
     if args.method == "hd":
-        loader = hd.dataloader(dataset, batch_size=args.batch_size, shuffle=True)
+        loader = hd.dataloader(dataset, batch_size=args.batch_size, shuffle=True, widen="device")  # storage dtypes, as stored
         limit = None
     else:
         loader = DataLoader(dataset.with_format("torch"), batch_size=args.batch_size, shuffle=True, collate_fn=collator)
@@ -175,7 +175,7 @@ def stage_iterate(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     peak = {key: max(peak.get(key, 0), value) for key, value in end.items()}
     return {
         "method": args.method,
-        "loader": ("hd.dataloader(ds, batch_size, shuffle=True)  # widen='device'" if args.method == "hd" else
+        "loader": ("hd.dataloader(ds, batch_size, shuffle=True, widen='device')" if args.method == "hd" else
                    "DataLoader(ds.with_format('torch'), batch_size, shuffle=True, collate_fn=DataCollatorForTokenClassification)"),
         "rows": rows,
         "batches": batches,

@@ -100,11 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per method, median reported (default 3, 1 with --quick)")
     parser.add_argument("--profile", action="store_true", help="cProfile every hf_dtype method (by default only those that miss a target)")
     parser.add_argument("--output_json", default=str(bc.REPO_ROOT / "docs" / "bench" / "packing.json"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """One clear error, before any work, when the corpus is not where the arguments say (parsing itself reads no file)."""
     if not Path(args.data_file).is_file():
-        parser.error(f"no tiny Shakespeare file at {args.data_file}; pass --data_file (the input.txt of "
-                     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt).")
-    return args
+        raise SystemExit(f"bench_packing.py: error: no tiny Shakespeare file at {args.data_file}; pass --data_file (the input.txt "
+                         "of https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt).")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -614,6 +617,7 @@ def print_tables(payload: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_data(args)
     import datasets
 
     datasets.disable_progress_bars()

@@ -7,6 +7,14 @@ and -100 elsewhere), it reports:
 1. Storage: the Arrow bytes per column and in total as ``datasets`` stores the tokenized split, and
    as ``hd.compact`` stores it with every column kept (``infer_plan(ds, derive=False)``) and with
    the constant masks derived (``infer_plan(ds)``); and the bytes on disk after ``save_to_disk``.
+2. The data path: rows per second of shuffled padded epochs, ``hd.dataloader`` (``widen="cpu"``:
+   compute dtypes; ``widen="device"``: storage dtypes) and ``hd.PaddingCollator`` against
+   ``with_format("torch")`` + ``DataCollatorForTokenClassification`` and a numpy bound, at each batch size.
+3. Shard files: the compact split saved as one file and as ``--shard_files`` files (``save_to_disk(num_shards=)``
+   then ``load_from_disk``: memory-mapped, one view per file): shuffled ``hd.dataloader`` epochs over each, and
+   over the shard files with the gather across files (``_Views.take``) replaced by the per-view-mask loop it
+   replaced; then that gather kernel alone against the loop on the same positions. It guards the sort-based
+   gather (commit ``dc85f5a``, lost once in a rewrite).
 
 Usage::
 
@@ -17,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -43,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="least time of one timed repeat (whole epochs; default 2.0, 0.2 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method, median reported (default 3, 1 with --quick)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these loader methods (default: all available)")
-    parser.add_argument("--skip_loaders", action="store_true", help="storage figures only")
+    parser.add_argument("--skip_loaders", action="store_true", help="no loader comparison (part 2); storage and shard files still run")
+    parser.add_argument("--shard_files", type=int, default=5, help="shard files of the multi-file case (part 3; 0: skip it)")
     parser.add_argument("--profile", nargs="*", choices=list(METHODS), default=None,
                         help="after the benchmark, cProfile these methods (default when given bare: 3 and 4) at the first batch size")
     parser.add_argument("--output_json", default=str(bc.REPO_ROOT / "docs" / "bench" / "pipeline.json"))
@@ -461,6 +471,179 @@ def profile_method(loaders: dict[str, Any], key: str, epochs: int, top: int = 25
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Part 3: one file against several shard files, the gather across files
+# ----------------------------------------------------------------------------------------------------------------
+
+SHARD_METHODS = {
+    "one_file": "hd.dataloader(widen='device'), compact split saved as 1 file",
+    "shard_files": "hd.dataloader(widen='device'), the same rows saved as {n} shard files",
+    "shard_files_mask_loop": "the same over {n} shard files, _Views.take replaced by the per-view-mask loop",
+}
+
+
+def mask_loop_take(views, positions, groups=None):
+    """The gather across several views before commit ``dc85f5a`` (and again for a while after a rewrite): ``np.unique``
+    of the groups, then a full-size boolean mask per view. The baseline that ``hf_dtype.ragged._Views.take`` must beat;
+    its signature is ``_Views.take``'s, so it can stand in for it."""
+    import numpy as np
+
+    if len(views.views) == 1 or groups is None:
+        return views._take(views.views[0], positions)
+    out = np.empty(positions.shape, dtype=views.dtype)
+    for group in np.unique(groups):
+        chosen = groups == group
+        out[chosen] = views._take(views.views[group], positions[chosen])
+    return out
+
+
+@contextlib.contextmanager
+def gather_replaced_by(take):
+    """``hf_dtype.ragged._Views.take`` replaced by ``take`` inside the block (the loader looks it up on every batch)."""
+    from hf_dtype.ragged import _Views
+
+    original = _Views.take
+    _Views.take = take
+    try:
+        yield
+    finally:
+        _Views.take = original
+
+
+def saved_in_files(dataset, folder: Path, files: int):
+    """``dataset`` written by ``save_to_disk(num_shards=files)`` and read back memory-mapped by ``load_from_disk``."""
+    import datasets
+
+    dataset.save_to_disk(str(folder), num_shards=files)
+    return datasets.load_from_disk(str(folder))
+
+
+def view_count(dataset, name: str = "input_ids") -> int:
+    """How many numpy views ``hd.dataloader`` reads column ``name``'s values through (one per memory block: per file)."""
+    from hf_dtype.ragged import ArrowColumn
+
+    return len(ArrowColumn(name, dataset.data.table.column(name)).values.views)
+
+
+def gather_work(dataset, names: list[str], batch_size: int, seed: int = 0) -> list[tuple[Any, Any, Any]]:
+    """Over one shuffled epoch, per batch and list column: ``(views, positions, groups)`` as ``batching.pad_rows`` hands
+    them to ``_Views.take`` (every real cell of the padded batch, and the view of the file it lies in)."""
+    import numpy as np
+
+    from hf_dtype.batching import length_mask
+    from hf_dtype.ragged import ArrowColumn
+
+    columns = [ArrowColumn(name, dataset.data.table.column(name)) for name in names]
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    work = []
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin:begin + batch_size]
+        for column in columns:
+            starts, lengths, groups = column.spans(rows, column.locate(rows))
+            mask = length_mask(lengths, int(lengths.max()))
+            cells = (starts[:, None] + np.arange(mask.shape[1]))[mask]
+            work.append((column.values, cells, np.broadcast_to(groups[:, None], mask.shape)[mask]))
+    return work
+
+
+def time_gathers(take, work, min_seconds: float) -> float:
+    """Microseconds per call of ``take(views, positions, groups)`` over ``work``, passes repeated for ``min_seconds``."""
+    calls = 0
+    start = time.perf_counter()
+    while True:
+        for views, positions, groups in work:
+            take(views, positions, groups)
+        calls += len(work)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls * 1e6
+
+
+def bench_gather_kernel(dataset, names: list[str], batch_size: int, *, min_seconds: float, repeats: int) -> dict[str, Any]:
+    """``_Views.take`` (sort by view) against ``mask_loop_take`` on the same positions of one shuffled epoch, interleaved
+    rounds, median; and whether both give the same values."""
+    import statistics
+
+    import numpy as np
+
+    from hf_dtype.ragged import _Views
+
+    work = gather_work(dataset, names, batch_size)
+    same = all(np.array_equal(_Views.take(v, p, g), mask_loop_take(v, p, g)) for v, p, g in work)
+    takes = {"sort": _Views.take, "mask_loop": mask_loop_take}
+    rounds: dict[str, list[float]] = {key: [] for key in takes}
+    for _ in range(repeats):
+        for key, take in takes.items():
+            rounds[key].append(time_gathers(take, work, min_seconds))
+    sort_us, loop_us = statistics.median(rounds["sort"]), statistics.median(rounds["mask_loop"])
+    return {"calls_per_epoch": len(work), "cells_per_call": float(np.mean([len(p) for _, p, _ in work])),
+            "same_values": same, "sort_us_per_call": sort_us, "mask_loop_us_per_call": loop_us,
+            "sort_us_repeats": rounds["sort"], "mask_loop_us_repeats": rounds["mask_loop"], "speedup": loop_us / sort_us}
+
+
+def bench_shard_files(small, plan, batch_sizes: list[int], workdir: Path, files: int, *, min_seconds: float,
+                      repeats: int) -> dict[str, Any]:
+    """Part 3: shuffled ``hd.dataloader`` epochs (``widen="device"``: the gather is most of the work) over one file, over
+    ``files`` shard files, and over the shard files with the old gather; then the gather kernel alone."""
+    import statistics
+
+    import hf_dtype as hd
+
+    one = saved_in_files(small, workdir / "one_file", 1)
+    several = saved_in_files(small, workdir / "shard_files", files)
+    names = [name for name in plan.stored if name in several.column_names]
+    out: dict[str, Any] = {
+        "files": files,
+        "views": {"one_file": view_count(one), "shard_files": view_count(several)},
+        "arrow_files": {"one_file": len(list((workdir / "one_file").glob("*.arrow"))),
+                        "shard_files": len(list((workdir / "shard_files").glob("*.arrow")))},
+        "methods": {key: text.format(n=files) for key, text in SHARD_METHODS.items()},
+        "min_seconds": min_seconds, "repeats": repeats, "kernel_columns": names, "results": {}, "kernel": {},
+    }
+    if out["views"]["shard_files"] < 2:
+        raise RuntimeError(f"{files} shard files gave {out['views']['shard_files']} view(s): the case would not test the gather "
+                           "across files.")
+    for batch_size in batch_sizes:
+        loaders = {key: (hd.dataloader(data, batch_size, shuffle=True, seed=0, widen="device"), take)
+                   for key, data, take in (("one_file", one, None), ("shard_files", several, None),
+                                           ("shard_files_mask_loop", several, mask_loop_take))}
+        per_size: dict[str, Any] = {}
+        for key, (loader, take) in loaders.items():
+            with gather_replaced_by(take) if take else contextlib.nullcontext():
+                per_size[key] = {"method": out["methods"][key], **warm_up(loader)}
+        for _ in range(repeats):
+            for key, (loader, take) in loaders.items():
+                with gather_replaced_by(take) if take else contextlib.nullcontext():
+                    speed, _ = timed_epochs(loader, per_size[key]["rows_per_epoch"], min_seconds)
+                per_size[key].setdefault("rows_per_s_repeats", []).append(speed)
+        for entry in per_size.values():
+            entry["rows_per_s"] = statistics.median(entry["rows_per_s_repeats"])
+        per_size["ratios"] = {
+            "shard_files_vs_mask_loop": per_size["shard_files"]["rows_per_s"] / per_size["shard_files_mask_loop"]["rows_per_s"],
+            "shard_files_vs_one_file": per_size["shard_files"]["rows_per_s"] / per_size["one_file"]["rows_per_s"],
+        }
+        out["results"][str(batch_size)] = per_size
+        out["kernel"][str(batch_size)] = bench_gather_kernel(several, names, batch_size, min_seconds=min_seconds / 4, repeats=repeats)
+    return out
+
+
+def print_shard_files(result: dict[str, Any]) -> None:
+    print(f"\n== Shard files: the compact split as 1 file and as {result['files']} files (views: {result['views']}), "
+          "shuffled, widen='device' ==")
+    rows = []
+    for batch_size, per_size in result["results"].items():
+        for key in SHARD_METHODS:
+            rows.append([batch_size, result["methods"][key], f"{per_size[key]['rows_per_s']:,.0f}"])
+    print(bc.table(rows, ["batch", "method", "rows/s"]))
+    for batch_size, per_size in result["results"].items():
+        ratios, kernel = per_size["ratios"], result["kernel"][batch_size]
+        print(f"batch {batch_size}: epoch over shard files, today's gather / the mask loop: {ratios['shard_files_vs_mask_loop']:.2f}x; "
+              f"shard files / one file: {ratios['shard_files_vs_one_file']:.2f}x; gather kernel alone "
+              f"({kernel['cells_per_call']:,.0f} cells a call, {', '.join(result['kernel_columns'])}): "
+              f"_Views.take {kernel['sort_us_per_call']:,.1f} us, mask loop {kernel['mask_loop_us_per_call']:,.1f} us: "
+              f"{kernel['speedup']:.2f}x; same values: {'yes' if kernel['same_values'] else 'NO'}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 def _has_psutil() -> bool:
     try:
@@ -495,13 +678,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as workdir:
         payload["storage"] = bench_storage(tokenized, tokenizer.vocab_size, Path(workdir))
     print_storage(payload["storage"])
-    if not args.skip_loaders:
-        import hf_dtype as hd
+    import hf_dtype as hd
 
-        plan = hd.infer_plan(tokenized, vocab_size=tokenizer.vocab_size)
-        small = hd.compact(tokenized, plan)
-        min_seconds = args.min_seconds if args.min_seconds is not None else (0.2 if args.quick else 2.0)
-        repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    plan = hd.infer_plan(tokenized, vocab_size=tokenizer.vocab_size)
+    small = hd.compact(tokenized, plan)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (0.2 if args.quick else 2.0)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if not args.skip_loaders:
         missing = [name for name in ("dataloader", "PaddingCollator") if not hasattr(hd, name)]
         rss_source = "psutil RSS, sampled after every batch of the warm-up epoch" if _has_psutil() else \
             "/proc/self/status VmRSS, sampled after every batch of the warm-up epoch"
@@ -530,6 +713,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 text = profile_method(loaders, key, epochs=1 if args.quick else 3)
                 payload["loaders"]["profiles"][key] = text
                 print(f"\n== cProfile of {METHODS[key]}, batch {args.batch_sizes[0]} ==\n{text}")
+    if args.shard_files:
+        with tempfile.TemporaryDirectory(prefix="bench_pipeline_shards_") as workdir:
+            payload["shard_files"] = bench_shard_files(small, plan, args.batch_sizes, Path(workdir), args.shard_files,
+                                                       min_seconds=min_seconds, repeats=repeats)
+        print_shard_files(payload["shard_files"])
     bc.finish_report(args.output_json, payload)
     return payload
 

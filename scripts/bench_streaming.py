@@ -93,11 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="cProfile hd's stream path (widen='device') after the benchmark; "
                         "every hd stream that misses the target is profiled anyway")
     parser.add_argument("--output_json", default=str(bc.REPO_ROOT / "docs" / "bench" / "streaming.json"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """One clear error, before any work, when the data is not where the arguments say (parsing itself reads no file)."""
     if not (Path(args.data_dir) / "conll2003" / "train.jsonl").is_file():
-        parser.error(f"no CoNLL-2003 train split at {Path(args.data_dir) / 'conll2003' / 'train.jsonl'}; "
-                     "pass --data_dir, the folder that holds conll2003/train.jsonl")
-    return args
+        raise SystemExit(f"bench_streaming.py: error: no CoNLL-2003 train split at {Path(args.data_dir) / 'conll2003' / 'train.jsonl'}; "
+                         "pass --data_dir, the folder that holds conll2003/train.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -468,6 +471,7 @@ def print_report(payload: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_data(args)
     import datasets
 
     import hf_dtype as hd
