@@ -234,29 +234,29 @@ def test_out_that_is_the_working_folder_is_refused(tokenized, data_folder, capsy
     assert _snapshot(data_folder.parent) == before
 
 
+def _write_user_files(out, names) -> None:
+    for name in names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(f"the user's {name}")
+
+
 def _a_dataset_and(*names):
     def make(out, dataset):
         dataset.save_to_disk(str(out))
-        for name in names:
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(f"the user's {name}")
+        _write_user_files(out, names)
     return make
 
 
 def _a_dataset_dict_and(*names):
     def make(out, dataset):
         datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(str(out))
-        for name in names:
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(f"the user's {name}")
+        _write_user_files(out, names)
     return make
 
 
 def _files(*names):
     def make(out, dataset):
-        for name in names:
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(f"the user's {name}")
+        _write_user_files(out, names)
     return make
 
 
