@@ -23,7 +23,7 @@ from ._compat import indices_mapping
 from .layouts import Blocks, Layout, MaskedLM, Padded
 from .packing import BlockIndex
 from .plan import DtypePlan
-from .ragged import ArrowColumn, Rows
+from .ragged import ArrowColumn, Rows, row_lengths
 
 __all__ = ["BatchFetcher", "BlockFetcher"]
 
@@ -110,6 +110,12 @@ class BatchFetcher:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def row_lengths(self, name: str) -> np.ndarray:
+        """The length of every row of list column ``name``, in the order the dataset shows its rows."""
+        lengths = row_lengths(self.dataset.data.table.column(name))
+        indices = indices_mapping(self.dataset)
+        return lengths if indices is None else lengths[indices.column(0).to_numpy()]
 
     def batch(self, indices: Sequence[int], layout: Callable[..., dict] | None = None) -> dict[str, Any]:
         if self._reader is None:

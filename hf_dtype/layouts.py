@@ -112,6 +112,8 @@ class Layout:
     widen: str
     seed: int = 0
     unit = "rows"  # what a batch_size counts, and what a map-style loader's indices name: dataset rows, or blocks
+    group_by_length = False
+    length_column: str | None = None  # bound with group_by_length: the list column whose row lengths order the rows
 
     def bind(self: _L, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, widen: str, seed: int = 0) -> _L:
         """A copy of this layout bound to the columns of ``schema`` and their ``plan`` (``seed``: the loader's)."""
@@ -152,18 +154,27 @@ class Padded(Layout):
             collators do with ``padding="max_length"``; like them it truncates nothing: a longer row is
             an error (truncate when tokenizing).
         padding_side: ``"right"`` (pad after the values) or ``"left"``.
+        group_by_length: put rows of similar length in the same batch, as ``Trainer``'s
+            ``train_sampling_strategy="group_by_length"`` does (a map-style loader's order: cut into
+            mega-batches of 50 batches, each sorted longest first; the longest row's batch first), so
+            batches carry less padding. The lengths are those of ``input_ids`` (else the first list column).
     """
 
-    def __init__(self, pad_to_multiple_of: int | None = None, max_length: int | None = None, padding_side: str = "right") -> None:
+    def __init__(self, pad_to_multiple_of: int | None = None, max_length: int | None = None, padding_side: str = "right",
+                 group_by_length: bool = False) -> None:
         check_count("pad_to_multiple_of", pad_to_multiple_of, optional=True)
         check_count("max_length", max_length, optional=True)
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}; got {padding_side!r}.")
+        if not isinstance(group_by_length, bool):
+            raise ValueError(f"group_by_length must be True or False; got {group_by_length!r}.")
         self.pad_to_multiple_of, self.max_length, self.padding_side = pad_to_multiple_of, max_length, padding_side
+        self.group_by_length = group_by_length
         self.widen = "cpu"
 
     def _options(self) -> dict[str, Any]:
-        return {"pad_to_multiple_of": self.pad_to_multiple_of, "max_length": self.max_length, "padding_side": self.padding_side}
+        return {"pad_to_multiple_of": self.pad_to_multiple_of, "max_length": self.max_length, "padding_side": self.padding_side,
+                "group_by_length": self.group_by_length}
 
     def width(self, lengths: np.ndarray) -> int:
         """The padded width of rows of ``lengths``: the longest (or ``max_length``), rounded up to ``pad_to_multiple_of``."""
@@ -177,6 +188,12 @@ class Padded(Layout):
         # batch_plan checked that each derived column's source is a list column of the dataset
         sources = cast("list[str]", [self.plan[name].lengths_from for name in self.names if name not in schema.names])
         self.read = list(dict.fromkeys([*(name for name in self.names if name in schema.names), *sources]))
+        if self.group_by_length:
+            lists = [name for name in self.read if list_depth(schema.field(name).type) == 1]
+            if not lists:
+                raise ValueError(f"group_by_length orders rows by the length of a list column; the batches read {self.read}, "
+                                 f"none a list of numbers (expected e.g. input_ids).")
+            self.length_column = "input_ids" if "input_ids" in lists else lists[0]
 
     def bind_rows(self, plan: DtypePlan, columns: Mapping[str, Rows], names: Sequence[str], widen: str) -> Padded:
         """A copy bound to rows given as Python values (``PaddingCollator``): ``names`` in the order given, the columns
@@ -330,6 +347,7 @@ class MaskedLM(Layout):
         if mask_replace_prob + random_replace_prob > 1:
             raise ValueError(f"mask_replace_prob + random_replace_prob must be at most 1; got {mask_replace_prob + random_replace_prob}.")
         self.layout, self.mask_token_id, self.vocab_size = layout, int(mask_token_id), int(vocab_size)
+        self.group_by_length = layout.group_by_length
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         self.mlm_probability, self.mask_replace_prob, self.random_replace_prob = mlm_probability, mask_replace_prob, random_replace_prob
         self.widen, self.seed = "cpu", 0
@@ -355,6 +373,7 @@ class MaskedLM(Layout):
                              f"{high}]): the random tokens could not be stored; compact with vocab_size= so the plan holds every id.")
         self.token, self.unit, self.labels = token, self.inner.unit, None
         self.block_size = getattr(self.inner, "block_size", None)
+        self.length_column = self.inner.length_column
         self.plan = self.inner.plan | {"labels": label_entry(entry)}
         self.special = np.array(sorted({*self.special_token_ids, int(entry.pad_value)}), dtype=np.int64)
 

@@ -53,13 +53,33 @@ class EpochBatch(list):
         self.epoch = epoch
 
 
-class EpochSampler(Sampler[int]):
-    """Row indices ``0..size-1``, in order or in the permutation of ``seed + epoch``; each pass advances the epoch."""
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    """``order`` with rows of similar ``lengths`` side by side: ``transformers``' ``get_length_grouped_indices`` on it.
 
-    def __init__(self, size: int, *, shuffle: bool = False, seed: int = 0) -> None:
+    Cut into mega-batches of ``min(50, len // (4 * batch_size))`` batches (at least one), each sorted
+    longest first (stable); the longest row then swaps into the first place, so that a batch too
+    large for memory comes first.
+    """
+    mega = max(1, min(len(order) // (batch_size * 4), 50)) * batch_size
+    grouped = order[np.lexsort((-lengths[order], np.arange(len(order)) // mega))]
+    if len(grouped):
+        longest = int(np.argmax(lengths[grouped[::mega]])) * mega
+        grouped[[0, longest]] = grouped[[longest, 0]]
+    return grouped
+
+
+class EpochSampler(Sampler[int]):
+    """Row indices ``0..size-1``, in order or in the permutation of ``seed + epoch``; each pass advances the epoch.
+
+    With ``lengths`` (one per row) and ``batch_size``, each order is then grouped by length (``length_grouped``).
+    """
+
+    def __init__(self, size: int, *, shuffle: bool = False, seed: int = 0, lengths: np.ndarray | None = None,
+                 batch_size: int = 1) -> None:
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
+        self.lengths, self.batch_size = lengths, batch_size
         self.epoch = 0  # the epoch of the next pass
         self.current: int | None = None  # the epoch of the pass under way (its batches not all handed out yet)
 
@@ -71,8 +91,10 @@ class EpochSampler(Sampler[int]):
         """The row order of ``epoch``; int32 where it fits, so a large epoch's order takes half the memory."""
         dtype = torch.int32 if self.size <= np.iinfo(np.int32).max else torch.int64
         if not self.shuffle:
-            return torch.arange(self.size, dtype=dtype).numpy()
-        return torch.randperm(self.size, dtype=dtype, generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
+            order = torch.arange(self.size, dtype=dtype).numpy()
+        else:
+            order = torch.randperm(self.size, dtype=dtype, generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
+        return order if self.lengths is None else length_grouped(order, self.lengths, self.batch_size)
 
     def start_pass(self) -> np.ndarray:
         """The order of the pass that starts now; the epoch then advances by one."""
@@ -327,6 +349,8 @@ def dataloader(
     if stream:
         if isinstance(layout, MaskedLM):
             raise ValueError("hd.MaskedLM batches come from a Dataset for now: a stream's rows have no index to draw their masks by.")
+        if layout.group_by_length:
+            raise ValueError("group_by_length orders a Dataset's rows: a stream's order is the one its rows arrive in.")
         if isinstance(layout, Blocks) and layout.group_rows is not None:
             raise ValueError("group_rows applies to a Dataset: a stream's blocks are cut as its rows arrive, over the whole stream.")
         if dataloader_kwargs.pop("generator", None) is not None:
@@ -336,6 +360,7 @@ def dataloader(
                                 collate_fn=AsBatch(layout.plan), widen_on_device=widen_on_device, num_workers=num_workers,
                                 pin_memory=pin_memory, **dataloader_kwargs)
     fetcher: BlockFetcher | BatchFetcher
+    lengths = None
     if layout.unit == "blocks":
         blocks = cast("Blocks | MaskedLM", layout)  # the layouts of unit "blocks": Blocks, and MaskedLM over Blocks
         fetcher = BlockFetcher(dataset, blocks)
@@ -345,10 +370,12 @@ def dataloader(
                              f"over {len(dataset)} rows): no block can be made; expected a block_size of at most {tokens}.")
     else:
         fetcher = BatchFetcher(dataset, layout)
+        lengths = fetcher.row_lengths(layout.length_column) if layout.length_column is not None else None
     dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
+    sampler = EpochSampler(len(fetcher), shuffle=bool(shuffle), seed=int(seed), lengths=lengths, batch_size=batch_size)
     return ArrowDataLoader(
         fetcher,
-        batch_sampler=EpochBatchSampler(EpochSampler(len(fetcher), shuffle=bool(shuffle), seed=int(seed)), batch_size, drop_last),
+        batch_sampler=EpochBatchSampler(sampler, batch_size, drop_last),
         collate_fn=AsBatch(layout.plan),
         num_workers=num_workers,
         pin_memory=pin_memory,

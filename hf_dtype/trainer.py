@@ -4,9 +4,11 @@ It overrides the three loader methods (the documented way to change Trainer's lo
 ``_prepare_inputs``: batches are gathered from the Arrow buffers of a compacted ``Dataset`` or
 stream, cross to the device in their storage dtypes and are widened there. Trainer's semantics are
 kept: the row order of ``data_seed`` (else ``seed``) and the epoch, which is the order of Trainer's
-own seedable sampler; ``set_epoch`` and ``resume_from_checkpoint`` (its ``skip_first_batches``);
-gradient accumulation; evaluation and prediction; ``remove_unused_columns`` (only the columns the
-model's ``forward`` takes are batched); several processes (``accelerator.prepare`` shards the
+own seedable sampler (``train_sampling_strategy`` ``"sequential"`` keeps the dataset's order,
+``"group_by_length"`` groups the seeded order as ``LengthGroupedSampler`` does); ``set_epoch`` and
+``resume_from_checkpoint`` (its ``skip_first_batches``); gradient accumulation; evaluation and
+prediction; ``remove_unused_columns`` (only the columns the model's ``forward`` takes are
+batched); several processes (``accelerator.prepare`` shards the
 loader; a stream is split by ``hd.dataloader`` itself). A ``Dataset`` without a recorded plan gets
 one inferred (``infer_plan``, masks kept as stored) unless a ``data_collator`` was given; other
 datasets, and a stream without a plan, go to Trainer's own loaders.
@@ -68,13 +70,22 @@ class DtypeTrainer(transformers.Trainer):
         plan = self._plan(dataset)
         assert plan is not None  # the get_*_dataloader methods check _fast first
         options = {**self.dataloader_options, "plan": plan}
+        strategy = _sampling_strategy(args) if training else "sequential"
+        if strategy == "group_by_length" and isinstance(dataset, datasets.Dataset):
+            layout = options.get("layout", Padded())
+            if not isinstance(layout, Padded):
+                raise ValueError(f"train_sampling_strategy='group_by_length' groups padded rows; the layout is {layout!r}.")
+            options["layout"] = Padded(**{**layout._options(), "group_by_length": True})
+        elif strategy not in ("random", "sequential", "group_by_length"):
+            raise ValueError(f"DtypeTrainer's loaders take train_sampling_strategy 'random', 'sequential' or 'group_by_length'; "
+                             f"got {strategy!r} (use transformers.Trainer for it).")
         if args.remove_unused_columns and isinstance(options.get("layout", Padded()), Padded) and "columns" not in options:
             taken = signature_columns(self)
             names = [*(dataset.column_names or []), *(name for name in plan.derived if name not in (dataset.column_names or []))]
             options["columns"] = [name for name in names if name in taken]
         workers = args.dataloader_num_workers
         loader = dataloader(
-            dataset, batch_size, shuffle=training, drop_last=training and args.dataloader_drop_last,
+            dataset, batch_size, shuffle=training and strategy != "sequential", drop_last=training and args.dataloader_drop_last,
             seed=args.data_seed if args.data_seed is not None else args.seed, num_workers=workers,
             pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor, **options,
@@ -108,3 +119,11 @@ class DtypeTrainer(transformers.Trainer):
         inputs = super()._prepare_inputs(inputs)
         return self._served.widen(inputs) if len(self._served) else inputs
 
+
+
+def _sampling_strategy(args: transformers.TrainingArguments) -> str:
+    """``train_sampling_strategy``, or what older ``TrainingArguments`` said with ``group_by_length``."""
+    strategy = getattr(args, "train_sampling_strategy", None)
+    if strategy is None:
+        return "group_by_length" if getattr(args, "group_by_length", False) else "random"
+    return str(strategy)
