@@ -220,14 +220,14 @@ def conll_loaders(tokenized, small, tokenizer, batch_size: int, pin: bool) -> di
     from transformers import DataCollatorForTokenClassification
 
     import hf_dtype as hd
-    from hf_dtype.loader import EpochSampler
 
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
-    order = BatchSampler(EpochSampler(len(tokenized), shuffle=True, seed=0), batch_size, drop_last=False)
+    storage = hd.dataloader(small, batch_size, layout=hd.Padded(pad_to_multiple_of=PAD_TO_MULTIPLE_OF), shuffle=True, seed=0,
+                            widen="device", pin_memory=pin)
+    order = BatchSampler(hd.dataloader(small, batch_size, shuffle=True, seed=0).batch_sampler.sampler, batch_size, drop_last=False)
     return {
         "int64": DataLoader(tokenized.with_format("torch"), batch_sampler=order, collate_fn=collator, pin_memory=pin),
-        "storage": hd.dataloader(small, batch_size, layout=hd.Padded(pad_to_multiple_of=PAD_TO_MULTIPLE_OF), shuffle=True, seed=0,
-                                 widen="device", pin_memory=pin),
+        "storage": storage,
     }
 
 

@@ -59,6 +59,7 @@ from finetune_data import (
     tokenize_datasets,
     unknown_token_share,
 )
+from plots import save_plot, score_curve
 from torch.utils.data import BatchSampler, DataLoader
 from transformers import (
     AutoConfig,
@@ -71,7 +72,6 @@ from transformers import (
 )
 
 import hf_dtype as hd
-from hf_dtype.loader import EpochSampler
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "finetune")
 EVAL_SPLITS = ("validation", "test")
@@ -181,13 +181,20 @@ def hf_dtype_dataloaders(args: argparse.Namespace, data: PreparedData) -> Datalo
         small = hd.compact(tokenized, plan)  # hf_dtype: checked casts; the plan is recorded in the features
     except (ValueError, TypeError) as error:  # a plan written by hand may not fit the data: say so before training
         raise InputError(f"--plan {args.plan!r} does not fit the tokenized data: {error}") from None
-    options = {"layout": hd.Padded(pad_to_multiple_of=args.pad_to_multiple_of), "widen": args.widen}
     train = None
     if "train" in small:  # hf_dtype: padded batches gathered from the Arrow buffers; the order is the permutation of seed + epoch
-        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed, **options)
-    evals = {split: hd.dataloader(small[split], args.per_device_eval_batch_size, **options) for split in EVAL_SPLITS if split in small}
+        train = hd.dataloader(small["train"], args.per_device_train_batch_size, shuffle=True, seed=args.seed,
+                              layout=train_layout(args), widen=args.widen)
+    evals = {split: hd.dataloader(small[split], args.per_device_eval_batch_size, layout=hd.Padded(args.pad_to_multiple_of),
+                                  widen=args.widen) for split in EVAL_SPLITS if split in small}
     return Dataloaders(train, evals, train_bytes=small["train"].data.nbytes if "train" in small else None,
                        plan=hd.plan_of(small), widen_on_device=args.widen == "device")
+
+
+def train_layout(args: argparse.Namespace) -> hd.Padded:
+    """The train batches' layout: padded to a multiple of ``--pad_to_multiple_of``, rows of like length together with
+    ``--group_by_length``."""
+    return hd.Padded(pad_to_multiple_of=args.pad_to_multiple_of, group_by_length=args.group_by_length)
 
 
 def complete_plan(plan: hd.DtypePlan, tokenized: datasets.DatasetDict, tokenizer: Any) -> hd.DtypePlan:
@@ -209,7 +216,7 @@ def complete_plan(plan: hd.DtypePlan, tokenized: datasets.DatasetDict, tokenizer
 
 
 class EpochDataLoader(DataLoader):
-    """A ``DataLoader`` over an ``EpochSampler``, resumable like ``hd.dataloader``: its state is the epoch under way."""
+    """A ``DataLoader`` over the order of an ``hd.dataloader``, resumable like it: its state is the epoch under way."""
 
     def state_dict(self) -> dict[str, int]:
         return self.batch_sampler.sampler.state_dict()
@@ -222,14 +229,18 @@ def datasets_default_dataloaders(args: argparse.Namespace, data: PreparedData,
                                  rows: Callable[[datasets.Dataset], Any] = lambda split: split.with_format("torch")) -> Dataloaders:
     """The plain ``datasets`` route, for comparison: ``with_format("torch")`` (int64 everywhere) and the ``transformers`` collator.
 
-    The rows come in ``hd.dataloader``'s order (the same ``EpochSampler``), so the losses of the routes compare step
-    by step; each loader has its own generator, so iterating it leaves torch's global random stream (dropout) alone.
+    The rows come in ``hd.dataloader``'s order (the sampler of one over the same rows), so the losses of the routes
+    compare step by step; each loader has its own generator, so iterating it leaves torch's global random stream
+    (dropout) alone.
     """
     collator_class = DataCollatorForTokenClassification if args.task == "ner" else DataCollatorWithPadding
     collator = collator_class(data.tokenizer, pad_to_multiple_of=args.pad_to_multiple_of, return_tensors="pt")
 
     def loader(split: str, batch_size: int, shuffle: bool) -> EpochDataLoader:
-        order = EpochSampler(len(data.tokenized[split]), shuffle=shuffle, seed=args.seed)
+        rows_of_split = data.tokenized[split]
+        layout = train_layout(args) if shuffle else hd.Padded()
+        order = hd.dataloader(rows_of_split, batch_size, shuffle=shuffle, seed=args.seed, layout=layout,
+                              plan=hd.infer_plan(rows_of_split, derive=False)).batch_sampler.sampler
         return EpochDataLoader(rows(data.tokenized[split]), batch_sampler=BatchSampler(order, batch_size, drop_last=False),
                                collate_fn=collator, generator=torch.Generator())
 
@@ -423,6 +434,7 @@ def train_metrics(log: TrainLog, num_processes: int) -> dict[str, Any]:
     return {
         "completed_steps": log.completed_steps, "resumed_from": log.resumed_from, "resumed_at_step": log.resumed_at_step,
         "epochs": log.epochs, "train_loss": log.epochs[-1]["train_loss"] if log.epochs else None, "step_losses": log.step_losses,
+        "evaluations": log.evaluations, "stopped_by": log.stopped_by,
         "train_seconds": log.seconds, "train_rows_seen": rows, "train_rows_per_s": rows / log.seconds if log.seconds else None,
         "train_batches": log.batches, "bytes_per_batch": log.batch_bytes / log.batches if log.batches else None,
         "batch_dtypes": log.batch_dtypes,
@@ -448,6 +460,12 @@ def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torc
         for split, rows in predictions.items():
             with open(os.path.join(args.output_dir, f"{prefix}predictions_{split}.json"), "w", encoding="utf-8") as file:
                 json.dump(rows, file)
+        if metrics.get("evaluations"):
+            score = main_score(args.task)
+            save_plot(os.path.join(args.output_dir, f"{score}.png"), {"validation": score_curve(metrics, score)},
+                      xlabel="training minutes", ylabel=f"validation {score}", title=f"{args.task}: validation {score}")
+    if metrics.get("evaluations"):
+        written.insert(1, f"{main_score(args.task)}.png")
     accelerator.wait_for_everyone()
     return written
 
@@ -479,7 +497,9 @@ class TrainLog:
     batch_bytes: int = 0
     batch_dtypes: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-    validation: tuple[dict[str, Any], list] | None = None  # the last epoch's scores and predictions
+    validation: tuple[dict[str, Any], list] | None = None  # the last evaluation's scores and predictions
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # each validation score, with its step and training minutes
+    stopped_by: str = "max_train_steps"
     completed_steps: int = 0
     resumed_from: str | None = None
     resumed_at_step: int = 0  # the steps done before this run: step_losses are those of the later steps
@@ -497,6 +517,13 @@ class TrainLog:
         self.batch_bytes += sum(t.nbytes for t in tensors)
         if not self.batch_dtypes:
             self.batch_dtypes = {name: str(t.dtype).removeprefix("torch.") for name, t in batch.items() if torch.is_tensor(t)}
+
+
+def slowest(accelerator: Accelerator, seconds: float) -> float:
+    """The largest of every process's ``seconds``, so that a time limit stops them all after the same step."""
+    if accelerator.num_processes == 1:
+        return seconds
+    return float(accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max().item())
 
 
 def step_line(losses: Sequence[float], step: int, max_steps: int, steps_per_epoch: int, lr: float) -> str:
@@ -535,11 +562,22 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
     say(accelerator, f"training: {len(data.tokenized['train'])} rows, {max_train_steps} optimizer steps in {num_epochs} epoch(s), "
                      f"{args.per_device_train_batch_size} rows per batch and process")
 
+    def validate(epoch: float) -> dict[str, Any]:
+        """Score the validation split now; the score goes into ``log.evaluations`` with the training minutes so far."""
+        log.validation = evaluate(accelerator, model, eval_dataloaders["validation"], loaders, args.task, data.labels.names,
+                                  desc="validation")
+        scores = {key: value for key, value in log.validation[0].items() if key != "per_type"}
+        log.evaluations.append({"step": completed_steps, "epoch": round(epoch, 4), "train_minutes": round(log.seconds / 60, 4),
+                                "validation": scores})
+        model.train()
+        return scores
+
     every = int(args.checkpointing_steps) if args.checkpointing_steps not in (None, "epoch") else None
     for epoch in range(starting_epoch, num_epochs):
-        if completed_steps >= max_train_steps:
+        if completed_steps >= max_train_steps or log.stopped_by == "max_train_minutes":
             break
-        epoch_start, first_step = time.perf_counter(), len(log.step_losses)
+        epoch_start, first_step, eval_seconds = time.perf_counter(), len(log.step_losses), 0.0
+        time_before = log.seconds
         model.train()
         if epoch == starting_epoch and resume_batches:
             active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
@@ -569,15 +607,24 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
                     accelerator.log({"train/loss": step_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=completed_steps)
                 if every and completed_steps % every == 0:
                     accelerator.save_state(os.path.join(args.output_dir, f"step_{completed_steps}"))
+                log.seconds = time_before + time.perf_counter() - epoch_start - eval_seconds
                 if completed_steps >= max_train_steps:
                     break
-        log.seconds += time.perf_counter() - epoch_start
+                if args.max_train_minutes is not None and slowest(accelerator, log.seconds) >= 60 * args.max_train_minutes:
+                    log.stopped_by = "max_train_minutes"  # every process stops after the same step: none waits for ever
+                    break
+                if args.eval_steps and completed_steps % args.eval_steps == 0 and "validation" in eval_dataloaders \
+                        and completed_steps % steps_per_epoch:  # the epoch's end is scored below
+                    started = time.perf_counter()
+                    scores = validate(completed_steps / steps_per_epoch)
+                    eval_seconds += time.perf_counter() - started
+                    say(accelerator, f"step {completed_steps}/{max_train_steps}  validation {main_score(args.task)} "
+                                     f"{scores[main_score(args.task)]:.4f}  ({log.seconds / 60:.1f} training minutes)")
+        log.seconds = time_before + time.perf_counter() - epoch_start - eval_seconds
         losses = log.step_losses[first_step:]
         record: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None}
         if "validation" in eval_dataloaders:
-            log.validation = evaluate(accelerator, model, eval_dataloaders["validation"], loaders, args.task, data.labels.names,
-                                      desc="validation")
-            record["validation"] = {key: value for key, value in log.validation[0].items() if key != "per_type"}
+            record["validation"] = validate(completed_steps / steps_per_epoch)
         record["seconds"] = time.perf_counter() - epoch_start
         log.epochs.append(record)
         say(accelerator, epoch_line(record, num_epochs, main_score(args.task)))
@@ -693,6 +740,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (not on biases and LayerNorm weights).")
     model.add_argument("--num_warmup_steps", type=int, default=10, help="Linear warmup, then linear decay to 0.")
     model.add_argument("--num_train_epochs", type=int, default=3, help="Passes over the train split.")
+    model.add_argument("--max_train_minutes", type=float,
+                       help="Stop once training (evaluations not counted) has run this long; the schedule is still that of the "
+                            "epochs or --max_train_steps, so set both.")
+    model.add_argument("--group_by_length", action="store_true",
+                       help="Batch rows of similar length together (Trainer's group_by_length): less padding, faster epochs.")
     model.add_argument("--max_train_steps", type=int, help="Stop after this many optimizer steps (overrides --num_train_epochs).")
     model.add_argument("--seed", type=int, default=42, help="Seed of the new head, dropout and the row order.")
     model.add_argument("--eval_only", action="store_true", help="No training: evaluate --model_name_or_path on validation (and test).")
@@ -702,6 +754,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", help="Save the training state in OUTPUT_DIR every N optimizer steps, or each 'epoch'.")
     run.add_argument("--resume_from_checkpoint", help="A step_N or epoch_N checkpoint folder, or 'latest' (in --output_dir).")
     run.add_argument("--with_tracking", action="store_true", help="Log to TensorBoard under --output_dir.")
+    run.add_argument("--eval_steps", type=int,
+                     help="Also score the validation split every N optimizer steps (each score, with its training minutes, goes "
+                          "into metrics.json and the plot).")
     run.add_argument("--logging_steps", type=int, default=10, help="Print the mean loss and the learning rate every N optimizer steps.")
     return parser.parse_args(argv)
 
@@ -728,9 +783,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.resume_from_checkpoint == "latest" and not checkpoint_folders(args.output_dir):
         raise InputError(f"--resume_from_checkpoint latest: no step_N or epoch_N checkpoint folder in {args.output_dir!r}.")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length",
-                 "logging_steps"):
-        if getattr(args, name) < 1:
+                 "logging_steps", "eval_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        raise InputError(f"--max_train_minutes must be a positive number of minutes; got {args.max_train_minutes}.")
     return args
 
 

@@ -110,6 +110,34 @@ def test_plan_file_naming_input_ids_alone(tiny_model_dir, ner_files, tmp_path):
     assert partial["plan_bytes_saved"] == 2 * tokens
 
 
+def test_group_by_length_eval_steps_plots_and_a_time_limit(tiny_model_dir, ner_files, tmp_path):
+    """--group_by_length: both data paths take the grouped order, so their losses are equal; --eval_steps scores
+    validation every N steps with the training minutes, drawn in f1.png; plots.py draws runs side by side;
+    --max_train_minutes stops early and says so."""
+    import plots
+
+    argv = ner_argv(tiny_model_dir, ner_files, "--max_length", "96", "--group_by_length", "--eval_steps", "2")
+    grouped = run([*argv, "--output_dir", str(tmp_path / "grouped")])
+    default = run([*argv, "--plan", "datasets-default", "--output_dir", str(tmp_path / "default")])
+    plain = run(ner_argv(tiny_model_dir, ner_files, "--max_length", "96", "--output_dir", str(tmp_path / "plain")))
+    assert grouped["step_losses"] == default["step_losses"] != plain["step_losses"]  # less padding: test_length_grouping.py
+    evaluations = grouped["evaluations"]
+    assert [entry["step"] for entry in evaluations] == [2, 4, 5, 6, 8, 10]  # every 2 steps, and each epoch's end (5 steps)
+    minutes = [entry["train_minutes"] for entry in evaluations]
+    assert minutes == sorted(minutes) and minutes[-1] <= grouped["train_seconds"] / 60 + 1e-3
+    assert evaluations[-1]["validation"]["f1"] == grouped["validation"]["f1"]
+    assert (tmp_path / "grouped" / "f1.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "plain" / "f1.png").exists() or plain["evaluations"]
+    plots.main([str(tmp_path / "grouped"), str(tmp_path / "default"), "--output", str(tmp_path / "both.png")])
+    assert (tmp_path / "both.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit, match=r"has no metrics\.json"):
+        plots.main([str(tmp_path), "--output", str(tmp_path / "none.png")])
+
+    stopped = run([*argv, "--max_train_minutes", "1e-6", "--output_dir", str(tmp_path / "stopped")])
+    assert stopped["stopped_by"] == "max_train_minutes" and stopped["completed_steps"] == 1
+    assert grouped["stopped_by"] == "max_train_steps" and grouped["completed_steps"] == 10
+
+
 def test_mixed_precision_is_the_launchers_unless_the_flag_is_given(tiny_model_dir, ner_files, monkeypatch, capsys):
     """`accelerate launch --mixed_precision bf16 finetune.py` sets ACCELERATE_MIXED_PRECISION=bf16: the run trains in bf16
     (the flag's old default 'no' overrode it) and says so in its first line; --mixed_precision, when given, wins."""
