@@ -56,10 +56,10 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from console import progress_bar, runtime_line, say
-from torch.utils.data import DataLoader
+from plots import save_plot
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 import hf_dtype as hd
-from hf_dtype.loader import EpochBatchSampler, EpochSampler
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "tinyshakespeare" / "input.txt"
 MASKED_LM_TYPES = ("bert", "modernbert")
@@ -129,6 +129,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Validation blocks per batch and process.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
     train.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
+    train.add_argument("--max_train_minutes", type=float, default=None,
+                       help="Stop once the training steps have run this long (evaluations and checkpoints not counted), checked after "
+                            "each optimizer step; the final evaluation and the outputs follow as usual. The schedule is still that of "
+                            "--max_train_steps; set both.")
     train.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate, after the warmup.")
     train.add_argument("--min_learning_rate", type=float, default=1e-4, help="Learning rate at the last step.")
     train.add_argument("--lr_scheduler_type", choices=["cosine", "linear"], default="cosine", help="Decay after the warmup.")
@@ -161,6 +165,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
                  "gradient_accumulation_steps", "max_train_steps", "eval_every", "logging_steps"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        raise InputError(f"--max_train_minutes must be a positive number of minutes; got {args.max_train_minutes}.")
     if args.n_embd % args.n_head:
         raise InputError(f"--n_embd {args.n_embd} must be a multiple of --n_head {args.n_head}.")
     if not 0 < args.validation_split_percentage < 100:
@@ -335,20 +341,31 @@ def get_dataloaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, v
                                desc=f"Grouping texts in blocks of {args.block_size}")
         for split, part in blocks.items():
             _enough_tokens(split, len(part), args.block_size)
-        order = EpochSampler(len(blocks["train"]), shuffle=True, seed=args.seed)
         collator = (transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability) if masked
                     else transformers.default_data_collator)  # run_mlm.py's: its masks come from torch's random stream
 
-        def loader(split: str, batch_size: int, sampler: EpochSampler) -> DataLoader:
-            return DataLoader(blocks[split].with_format("torch"), batch_sampler=EpochBatchSampler(sampler, batch_size, False),
-                              collate_fn=collator, generator=torch.Generator())
+        def loader(split: str, batch_size: int, shuffle: bool) -> tuple[DataLoader, Sampler[int]]:
+            order = _block_order(blocks[split], batch_size, shuffle, args.seed)
+            return DataLoader(blocks[split].with_format("torch"), batch_sampler=BatchSampler(order, batch_size, drop_last=False),
+                              collate_fn=collator, generator=torch.Generator()), order
 
+        train, order = loader("train", args.per_device_train_batch_size, shuffle=True)
         validation = (_compact_loaders(args, tokenized, vocab_size, tokenizer, "cpu")[1] if masked
-                      else loader("validation", args.per_device_eval_batch_size, EpochSampler(len(blocks["validation"]))))
-        return Served(loader("train", args.per_device_train_batch_size, order), validation, order, None, blocks["train"].data.nbytes,
-                      len(blocks["train"]) * args.block_size, masked)
+                      else loader("validation", args.per_device_eval_batch_size, shuffle=False)[0])
+        return Served(train, validation, order, None, blocks["train"].data.nbytes, len(blocks["train"]) * args.block_size, masked)
     train, validation, small = _compact_loaders(args, tokenized, vocab_size, tokenizer, args.widen)
     return Served(train, validation, train, train.plan, small["train"].data.column("input_ids").nbytes, tokens, masked)
+
+
+def _block_order(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int) -> Sampler[int]:
+    """The block order of an ``hd.dataloader`` over ``blocks`` (one block a row): the order the compact path reads its blocks in.
+
+    Its sampler, not its batch sampler: a plain ``BatchSampler`` over it yields every batch of the pass, which
+    ``accelerator.prepare`` then deals out to the processes once (the ``hd.dataloader``'s batch sampler deals itself out,
+    and would be dealt out twice). Its state (the epoch) is what a checkpoint keeps.
+    """
+    plan = hd.infer_plan(blocks, derive=False)  # the rows as they are: this loader only gives its order
+    return hd.dataloader(blocks, batch_size, shuffle=shuffle, seed=seed, plan=plan).batch_sampler.sampler
 
 
 def _compact_loaders(args: argparse.Namespace, tokenized: datasets.DatasetDict, vocab_size: int, tokenizer: Any,
@@ -540,7 +557,8 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     log = train(args, accelerator, model, optimizer, scheduler, train_loader, served, completed)
     metrics = {
         "validation_loss": log.evaluations[-1]["validation_loss"] if log.evaluations else None, "evaluations": log.evaluations,
-        "steps": log.completed, "step_losses": log.step_losses, "mixed_precision": accelerator.mixed_precision,
+        "steps": log.completed, "stopped_by": log.stopped_by,  # "max_train_steps" or "max_train_minutes"
+        "step_losses": log.step_losses, "mixed_precision": accelerator.mixed_precision,
         "train_seconds": log.train_seconds, "eval_seconds": log.eval_seconds, "checkpoint_seconds": log.checkpoint_seconds,
         "tokens_per_second": log.tokens * accelerator.num_processes / log.train_seconds, "data_wait_share": log.wait / log.train_seconds,
         "bytes_per_stored_token": served.bytes_per_token, "bytes_per_batch": log.batch_bytes, "vocab_size": len(tokenizer),
@@ -557,7 +575,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass
 class TrainLog:
-    """What the training loop saw: the loss of each optimizer step, the evaluations, and the data path's figures.
+    """What the training loop saw: the loss of each optimizer step, the evaluations, why it stopped, and the data path's figures.
 
     Its clocks keep evaluations and checkpoints apart from the training steps: tokens/s and the share of time
     waiting for data are over the training steps alone.
@@ -566,6 +584,7 @@ class TrainLog:
     completed: int
     step_losses: list[float] = field(default_factory=list)
     evaluations: list[dict[str, float]] = field(default_factory=list)
+    stopped_by: str | None = None  # "max_train_steps" or "max_train_minutes", once the loop has stopped
     wait: float = 0.0  # seconds spent waiting for a batch
     tokens: int = 0  # tokens trained on by this process
     batch_bytes: int = 0  # bytes of the last batch, as it crossed to the device
@@ -582,12 +601,13 @@ class TrainLog:
 
 def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any,
           train_loader: Any, served: Served, completed: int) -> TrainLog:
-    """Optimizer steps until ``--max_train_steps``, over as many passes as it takes; a resumed run skips what its epoch did."""
+    """Optimizer steps until ``--max_train_steps`` (or ``--max_train_minutes``), over as many passes as it takes; a resumed
+    run skips what its epoch did."""
     log = TrainLog(completed)
     skip = completed * args.gradient_accumulation_steps % len(train_loader)
     progress = progress_bar(accelerator, total=args.max_train_steps, initial=completed, desc="train")
     model.train()
-    while log.completed < args.max_train_steps:
+    while log.stopped_by is None and log.completed < args.max_train_steps:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         skip, micro_losses, asked = 0, [], time.perf_counter()
         for batch in loader:
@@ -610,24 +630,43 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
                 micro_losses.clear()
                 progress.update(1)
                 progress.set_postfix(loss=f"{log.step_losses[-1]:.4f}")
+                log.stopped_by = _stop_reason(args, accelerator, log)
                 _after_step(args, accelerator, model, served, scheduler, log)
-                if log.completed >= args.max_train_steps:
+                if log.stopped_by is not None:
                     break
             asked = time.perf_counter()
+    log.stopped_by = log.stopped_by or "max_train_steps"  # a run resumed at its last step trains none
     log.train_seconds = log.training_seconds()
     progress.close()
     return log
 
 
+def _stop_reason(args: argparse.Namespace, accelerator: Accelerator, log: TrainLog) -> str | None:
+    """``"max_train_steps"`` or ``"max_train_minutes"`` when the step just done is the last, else None.
+
+    The clock is the training steps' (``log.training_seconds``); with several processes the slowest one's decides, so that
+    all of them stop after the same step.
+    """
+    if log.completed >= args.max_train_steps:
+        return "max_train_steps"
+    if args.max_train_minutes is None:
+        return None
+    seconds = log.training_seconds()
+    if accelerator.num_processes > 1:
+        seconds = accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max().item()
+    return "max_train_minutes" if seconds >= 60 * args.max_train_minutes else None
+
+
 def _after_step(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, served: Served, scheduler: Any,
                 log: TrainLog) -> None:
-    """Tracking, the step line, evaluation and checkpoints, as the step count asks; evaluations and checkpoints timed apart."""
+    """Tracking, the step line, evaluation and checkpoints, as the step count asks (and the final evaluation after the last
+    step); evaluations and checkpoints timed apart."""
     step = log.completed
     if args.with_tracking:
         accelerator.log({"train/loss": log.step_losses[-1], "train/lr": scheduler.get_last_lr()[0]}, step=step)
     if step % args.logging_steps == 0:
         _log_step(args, accelerator, scheduler, log)
-    if step % args.eval_every == 0 or step == args.max_train_steps:
+    if step % args.eval_every == 0 or log.stopped_by is not None:
         _log_evaluation(args, accelerator, model, served, log)
     if args.checkpointing_steps and step % args.checkpointing_steps == 0:
         start = time.perf_counter()
@@ -650,12 +689,13 @@ def _log_step(args: argparse.Namespace, accelerator: Accelerator, scheduler: Any
 
 
 def _log_evaluation(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, served: Served, log: TrainLog) -> None:
-    """``step  500/2000  validation loss 1.9912  (4.1 s)``, recorded with the time it took."""
+    """``step  500/2000  validation loss 1.9912  (4.1 s)``, recorded with the training minutes so far and the time it took."""
+    minutes = log.training_seconds() / 60
     start = time.perf_counter()
     loss = evaluate(model, served, accelerator)
     seconds = time.perf_counter() - start
     log.eval_seconds += seconds
-    log.evaluations.append({"step": log.completed, "validation_loss": loss, "seconds": seconds})
+    log.evaluations.append({"step": log.completed, "train_minutes": round(minutes, 4), "validation_loss": loss, "seconds": seconds})
     say(accelerator, f"{_step_label(args, log.completed)}  validation loss {loss:.4f}  ({seconds:.1f} s)")
     if args.with_tracking:
         accelerator.log({"validation/loss": loss}, step=log.completed)
@@ -691,10 +731,20 @@ def fill_mask_sample(model: torch.nn.Module, tokenizer: Any, text: str, tokens: 
             f"({right} of {len(positions)} masked tokens right)")
 
 
+def save_loss_plot(path: str | os.PathLike, metrics: dict[str, Any], title: str) -> str:
+    """``loss.png``: the loss of each optimizer step and the validation loss of each evaluation against the step, from the
+    ``metrics`` of a run (a resumed run's steps start where it resumed)."""
+    losses, evaluations = metrics["step_losses"], metrics["evaluations"]
+    first = metrics["steps"] - len(losses)
+    curves = {"train": (list(range(first + 1, metrics["steps"] + 1)), losses),
+              "validation": ([e["step"] for e in evaluations], [e["validation_loss"] for e in evaluations])}
+    return save_plot(path, curves, xlabel="optimizer step", ylabel="loss", title=title)
+
+
 def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
                  metrics: dict[str, Any], validation_text: str = "") -> None:
-    """Model, tokenizer, ``metrics.json`` and a sample in ``--output_dir`` (generated by a causal LM; ``validation_text`` with
-    masks filled in by a masked LM); the scores and the sample printed."""
+    """Model, tokenizer, ``metrics.json``, ``loss.png`` and a sample in ``--output_dir`` (generated by a causal LM;
+    ``validation_text`` with masks filled in by a masked LM); the scores and the sample printed."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
@@ -710,14 +760,17 @@ def save_outputs(args: argparse.Namespace, accelerator: Accelerator, model: torc
         tokenizer.save_pretrained(args.output_dir)
         Path(args.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
         Path(args.output_dir, "sample.txt").write_text(metrics["sample"])
+        loss = "masked-token loss" if args.objective == "mlm" else "loss per token"
+        save_loss_plot(Path(args.output_dir, "loss.png"), metrics, f"{args.model_type} from zero: {loss}")
         bits = metrics["bits_per_character"]
         measure = "masked tokens" if bits is None else f"{bits:.3f} bits per character"
-        print(f"validation loss {metrics['validation_loss']:.4f} ({measure}) after "
-              f"{metrics['steps']} steps: training {metrics['train_seconds']:.1f} s, {metrics['tokens_per_second']:,.0f} tokens/s, "
+        timed_out = " (--max_train_minutes reached)" if metrics["stopped_by"] == "max_train_minutes" else ""
+        print(f"validation loss {metrics['validation_loss']:.4f} ({measure}) after {metrics['steps']} steps{timed_out}: "
+              f"training {metrics['train_seconds']:.1f} s, {metrics['tokens_per_second']:,.0f} tokens/s, "
               f"{metrics['data_wait_share']:.1%} of it waiting for data; {len(metrics['evaluations'])} evaluation(s) "
               f"{metrics['eval_seconds']:.1f} s; {metrics['bytes_per_stored_token']:.2f} bytes per stored token")
         print(f"sample:\n{metrics['sample']}")
-        print(f"model, tokenizer, metrics.json and sample.txt in {args.output_dir}")
+        print(f"model, tokenizer, metrics.json, loss.png and sample.txt in {args.output_dir}")
     accelerator.wait_for_everyone()
 
 

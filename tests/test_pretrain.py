@@ -1,5 +1,6 @@
-"""Tests of ``scripts/pretrain.py``: the run_clm data path and hf_dtype's give the same losses, resume, tokenizers, bad input;
-a masked-LM BERT from zero with a BERT tokenizer of characters (``--objective mlm``).
+"""Tests of ``scripts/pretrain.py``: the run_clm data path and hf_dtype's give the same losses (in one process and in two),
+resume, tokenizers, a time limit, the loss plot, bad input; a masked-LM BERT from zero with a BERT tokenizer of characters
+(``--objective mlm``).
 
 Offline and small: the first 30,000 characters of the committed tiny Shakespeare, or the committed Chinese corpus sample
 (tests/data/zh_corpus_sample), a 1-layer model of width 32.
@@ -7,6 +8,7 @@ Offline and small: the first 30,000 characters of the committed tiny Shakespeare
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,11 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pretrain  # noqa: E402
-from finetune_fixtures import ZH_CORPUS, mlm_argv, reset_accelerate  # noqa: E402
+from finetune_fixtures import ZH_CORPUS, free_port, mlm_argv, reset_accelerate, subprocess_env  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "tinyshakespeare" / "input.txt"
 SCRIPT = str(ROOT / "scripts" / "pretrain.py")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,30 @@ def test_run_clm_data_path_and_hf_dtype_give_identical_losses(corpus, tmp_path):
     assert device["bytes_per_stored_token"] < 1.3 < 12 < default["bytes_per_stored_token"]  # uint8 ids against run_clm's 13 bytes
     assert device["plan"]["input_ids"]["storage"] == "uint8"
     written = tmp_path / "device"
-    assert {"metrics.json", "sample.txt", "config.json", "tokenizer.json"} <= {p.name for p in written.iterdir()}
+    assert {"metrics.json", "loss.png", "sample.txt", "config.json", "tokenizer.json"} <= {p.name for p in written.iterdir()}
+    assert device["stopped_by"] == default["stopped_by"] == "max_train_steps"
+
+
+def test_loss_plot_and_the_evaluations_in_metrics_json(corpus, tmp_path):
+    """loss.png beside metrics.json (a PNG); metrics.json lists each evaluation with its step and the training minutes so far."""
+    metrics = _run(corpus, tmp_path / "out", "--sample_tokens", "0")
+    assert (tmp_path / "out" / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    evaluations = saved["evaluations"]
+    assert [e["step"] for e in evaluations] == [6, 12] and saved["stopped_by"] == "max_train_steps" and saved["steps"] == 12
+    assert [e["validation_loss"] for e in evaluations] == [e["validation_loss"] for e in metrics["evaluations"]]
+    assert 0 < evaluations[0]["train_minutes"] < evaluations[1]["train_minutes"] <= saved["train_seconds"] / 60 + 1e-4
+
+
+def test_max_train_minutes_stops_after_the_step_that_reaches_it(corpus, tmp_path):
+    """A limit shorter than one step: one step, then the final evaluation and the outputs as after --max_train_steps."""
+    metrics = _run(corpus, tmp_path / "out", "--max_train_minutes", "0.00001", "--sample_tokens", "0")
+    assert metrics["stopped_by"] == "max_train_minutes" and metrics["steps"] == 1 and len(metrics["step_losses"]) == 1
+    assert [e["step"] for e in metrics["evaluations"]] == [1] and metrics["validation_loss"] is not None
+    written = tmp_path / "out"
+    assert {"metrics.json", "loss.png", "sample.txt", "config.json", "tokenizer.json"} <= {p.name for p in written.iterdir()}
+    assert json.loads((written / "metrics.json").read_text())["stopped_by"] == "max_train_minutes"
+    assert (written / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_flat_batches_train_with_the_cache_off(corpus, tmp_path):
@@ -119,6 +145,7 @@ def test_log_redirected_to_a_file_has_plain_lines_only(corpus, tmp_path):
     assert len(steps) == len(expected) and all(re.fullmatch(e, line) for e, line in zip(expected, steps, strict=True)), steps
     summary = next(line for line in lines if line.startswith("validation loss"))
     assert re.match(r"validation loss \d\.\d{4} .* after 12 steps: training \d+\.\d s, [\d,]+ tokens/s, .*; 2 evaluation", summary)
+    assert lines[-1] == f"model, tokenizer, metrics.json, loss.png and sample.txt in {tmp_path / 'out'}"
 
 
 def test_mixed_precision_is_the_launchers_unless_the_flag_is_given(corpus, tmp_path, monkeypatch, capsys):
@@ -138,6 +165,7 @@ def test_mixed_precision_is_the_launchers_unless_the_flag_is_given(corpus, tmp_p
     (["--n_embd", "30", "--n_head", "4"], r"--n_embd 30 must be a multiple of --n_head 4"),
     (["--plan", "datasets-default", "--packing", "flat"], r"--plan datasets-default is run_clm.py's data path"),
     (["--resume_from_checkpoint", "latest"], r"--resume_from_checkpoint latest: no step_N folder"),
+    (["--max_train_minutes", "0"], r"--max_train_minutes must be a positive number of minutes; got 0.0"),
 ])
 def test_bad_options_are_one_clear_error(corpus, tmp_path, extra, match):
     with pytest.raises(pretrain.InputError, match=match):
@@ -151,6 +179,27 @@ def test_empty_and_missing_text_files(tmp_path):
         _run(empty, tmp_path / "out")
     with pytest.raises(pretrain.InputError, match=r"--train_file '.*nope.txt' does not exist; expected a text file"):
         _run(tmp_path / "nope.txt", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_same_losses_on_both_data_paths(corpus, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU): the run_clm data path deals the blocks out to the processes once, as
+    hf_dtype's loader does, so the losses are the very same floats at every step; a --max_train_minutes not reached
+    leaves the run to --max_train_steps, every process stopping at the same step."""
+    runs = {}
+    for plan, extra in (("compact", ()), ("datasets-default", ("--max_train_minutes", "60"))):
+        out = tmp_path / plan
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                   "--master_port", str(free_port()), SCRIPT, *_argv(corpus, out, "--cpu", "--max_train_steps", "6", "--eval_every", "3",
+                                                                     "--sample_tokens", "0", "--plan", plan, *extra)]
+        done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[plan] = json.loads((out / "metrics.json").read_text())
+    compact, default = runs["compact"], runs["datasets-default"]
+    assert compact["num_processes"] == default["num_processes"] == 2
+    assert len(compact["step_losses"]) == 6 and default["step_losses"] == compact["step_losses"]
+    assert default["validation_loss"] == compact["validation_loss"]
+    assert default["stopped_by"] == "max_train_steps"
 
 
 def test_help_shows_the_defaults_and_the_committed_corpus():
