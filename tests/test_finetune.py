@@ -138,6 +138,19 @@ def test_group_by_length_eval_steps_plots_and_a_time_limit(tiny_model_dir, ner_f
     assert grouped["stopped_by"] == "max_train_steps" and grouped["completed_steps"] == 10
 
 
+def test_from_scratch_keeps_the_architecture_and_draws_new_weights(tiny_model_dir, ner_files, tmp_path):
+    """--from_scratch: the model of the folder's config, seeded random weights (the baseline of what pretraining gives)."""
+    argv = ner_argv(tiny_model_dir, ner_files, "--num_train_epochs", "1")
+    pretrained = run([*argv, "--output_dir", str(tmp_path / "pretrained")])
+    scratch = run([*argv, "--from_scratch", "--output_dir", str(tmp_path / "scratch")])
+    again = run([*argv, "--from_scratch", "--output_dir", str(tmp_path / "again")])
+    assert scratch["from_scratch"] and not pretrained["from_scratch"]
+    assert scratch["num_parameters"] == pretrained["num_parameters"]
+    assert scratch["step_losses"] == again["step_losses"] != pretrained["step_losses"]
+    with pytest.raises(InputError, match="--from_scratch trains new weights"):
+        run([*argv, "--from_scratch", "--eval_only"])
+
+
 def test_mixed_precision_is_the_launchers_unless_the_flag_is_given(tiny_model_dir, ner_files, monkeypatch, capsys):
     """`accelerate launch --mixed_precision bf16 finetune.py` sets ACCELERATE_MIXED_PRECISION=bf16: the run trains in bf16
     (the flag's old default 'no' overrode it) and says so in its first line; --mixed_precision, when given, wins."""
