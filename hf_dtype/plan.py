@@ -201,10 +201,23 @@ class DtypePlan(Mapping[str, ColumnDtype]):
                           if name in keep or (entry.lengths_from is not None and entry.lengths_from in keep)})
 
     def __or__(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
-        """``plan | {...}``: a new plan with the entries of ``other`` replacing or adding to these, as ``dict | dict``."""
+        """``plan | {...}``: a new plan with the entries of ``other`` replacing or adding to these, as ``dict | dict``.
+
+        A bare dtype changes the storage of a stored column and keeps the rest of its entry (its
+        compute dtype, its pad such as the labels' -100, its label names): ``plan | {"labels": "int16"}``
+        still pads labels with -100. An entry given as a dict or ``ColumnDtype`` replaces the whole entry.
+        """
         if not isinstance(other, Mapping):
             return NotImplemented
-        return DtypePlan(cast("Mapping[str, ColumnDtype]", {**self.columns, **other}))  # __post_init__ checks and converts each entry
+        kept = {}
+        for name, entry in other.items():
+            if name in self.columns and self.columns[name].storage is not None and not isinstance(entry, (Mapping, ColumnDtype)):
+                try:  # a kept pad that the new storage cannot hold is an error, never dropped
+                    kept[name] = ColumnDtype.from_dict({**self.columns[name].to_dict(), "storage": entry}, name)
+                except ValueError as error:
+                    raise ValueError(f"{error} (a bare dtype keeps the rest of the plan's entry {self.columns[name].to_dict()}; "
+                                     f"give a whole entry to change it too, e.g. {{'storage': {entry!r}, 'pad': 0}}).") from None
+        return DtypePlan(cast("Mapping[str, ColumnDtype]", {**self.columns, **other, **kept}))  # __post_init__ checks each entry
 
     def __ror__(self, other: Mapping[str, ColumnDtype | Mapping | str]) -> DtypePlan:
         """``{...} | plan``: a new plan with this plan's entries replacing or adding to those of ``other`` (the right one wins)."""

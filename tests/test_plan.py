@@ -205,10 +205,13 @@ def test_class_label_columns_are_planned_with_their_names():
 def test_or_makes_a_new_plan_and_leaves_the_old_one_unchanged():
     plan = DtypePlan.from_dict(PLAN_DICT)
     wider = plan | {"input_ids": "int32", "score": {"storage": "float16"}}
-    assert isinstance(wider, DtypePlan) and wider["input_ids"] == ColumnDtype(storage="int32")
+    assert isinstance(wider, DtypePlan) and wider["input_ids"] == ColumnDtype(**{**PLAN_DICT["input_ids"], "storage": "int32"})
     assert wider["score"].storage == "float16" and list(wider) == [*PLAN_DICT, "score"]
     assert plan.to_dict() == PLAN_DICT  # unchanged
-    assert plan | DtypePlan.from_dict({"labels": "int16"}) == plan | {"labels": "int16"}
+    assert (plan | {"labels": "int16"})["labels"] == ColumnDtype(storage="int16", compute="int64", pad=-100)  # a bare dtype keeps the pad
+    assert (plan | DtypePlan.from_dict({"labels": "int16"}))["labels"] == ColumnDtype(storage="int16")  # an entry replaces it
+    with pytest.raises(ValueError, match="a bare dtype keeps the rest of the plan's entry"):
+        plan | {"labels": "uint8"}  # -100 does not fit: loud, never dropped
     assert ({"labels": "int16", "extra": "uint8"} | plan).to_dict() == {"labels": PLAN_DICT["labels"], "extra": {"storage": "uint8"},
                                                                        "input_ids": PLAN_DICT["input_ids"],
                                                                        "attention_mask": PLAN_DICT["attention_mask"]}  # right wins
