@@ -315,12 +315,12 @@ def test_run_without_output_dir_writes_to_the_default_folder_and_logs_plain_line
     assert [line.split("  ")[:2] for line in steps] == [["step 2/5", "epoch 0.40"], ["step 4/5", "epoch 0.80"]], steps
     assert all(re.fullmatch(r"step \d/5  epoch \d\.\d\d  loss \d\.\d{4}  lr \d\.\d\de-\d\d", line) for line in steps), steps
     out = tmp_path / "outputs" / "finetune"
-    for name in ("metrics.json", "predictions_validation.json", "config.json", "model.safetensors", "tokenizer.json"):
+    for name in ("metrics.json", "f1.png", "predictions_validation.json", "config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file(), name
     lines = done.stdout.splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert len(epochs) == 1 and re.fullmatch(r"epoch 1/1  train loss \d+\.\d{4}  validation f1 \d\.\d{4}  \(\d+\.\d s\)", epochs[0]), lines
-    assert lines[-1] == (f"saved in {Path('outputs', 'finetune')}: metrics.json, predictions_validation.json, "
+    assert lines[-1] == (f"saved in {Path('outputs', 'finetune')}: metrics.json, f1.png, predictions_validation.json, "
                          "the model and its tokenizer")
     assert any(line.endswith("new classifier head for 9 labels (classifier.bias, classifier.weight)") for line in lines)
     assert "LOAD REPORT" not in done.stdout + done.stderr
