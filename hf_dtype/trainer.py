@@ -76,6 +76,8 @@ class DtypeTrainer(transformers.Trainer):
             if not isinstance(layout, Padded):
                 raise ValueError(f"train_sampling_strategy='group_by_length' groups padded rows; the layout is {layout!r}.")
             options["layout"] = Padded(**{**layout._options(), "group_by_length": True})
+        elif strategy == "group_by_length":  # as Trainer does: a stream's order is the one its rows arrive in
+            logger.warning("train_sampling_strategy='group_by_length' is ignored for a stream: its rows come in the order they arrive.")
         elif strategy not in ("random", "sequential", "group_by_length"):
             raise ValueError(f"DtypeTrainer's loaders take train_sampling_strategy 'random', 'sequential' or 'group_by_length'; "
                              f"got {strategy!r} (use transformers.Trainer for it).")
@@ -118,7 +120,6 @@ class DtypeTrainer(transformers.Trainer):
         """On the device: the storage dtypes widened to compute dtypes (int64 ids and labels for the model)."""
         inputs = super()._prepare_inputs(inputs)
         return self._served.widen(inputs) if len(self._served) else inputs
-
 
 
 def _sampling_strategy(args: transformers.TrainingArguments) -> str:

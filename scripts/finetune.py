@@ -241,7 +241,7 @@ def datasets_default_dataloaders(args: argparse.Namespace, data: PreparedData,
         layout = train_layout(args) if shuffle else hd.Padded()
         order = hd.dataloader(rows_of_split, batch_size, shuffle=shuffle, seed=args.seed, layout=layout,
                               plan=hd.infer_plan(rows_of_split, derive=False)).batch_sampler.sampler
-        return EpochDataLoader(rows(data.tokenized[split]), batch_sampler=BatchSampler(order, batch_size, drop_last=False),
+        return EpochDataLoader(rows(rows_of_split), batch_sampler=BatchSampler(order, batch_size, drop_last=False),
                                collate_fn=collator, generator=torch.Generator())
 
     train = loader("train", args.per_device_train_batch_size, shuffle=True) if "train" in data.tokenized else None
