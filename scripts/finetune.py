@@ -59,6 +59,7 @@ from finetune_data import (
     tokenize_datasets,
     unknown_token_share,
 )
+from ner_decoding import iob2_transitions, iob2_viterbi
 from plots import save_plot, score_curve
 from torch.utils.data import BatchSampler, DataLoader
 from transformers import (
@@ -321,31 +322,47 @@ def classification_metrics(predicted: np.ndarray, gold: np.ndarray, num_labels: 
     }
 
 
+def sentence_labels(batches: list[np.ndarray], gold: list[np.ndarray], names: Sequence[str]) -> list[list[str]]:
+    """One list of label names per sentence, at its labelled positions (gold is not -100)."""
+    return [[names[i] for i in row[labels != -100]] for batch, gold_batch in zip(batches, gold, strict=True)
+            for row, labels in zip(batch, gold_batch, strict=True)]
+
+
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, dataloader: DataLoader, loaders: Dataloaders, task: str,
-             names: Sequence[str], desc: str) -> tuple[dict[str, Any], list]:
+             names: Sequence[str], desc: str, decoding: str = "iob2") -> tuple[dict[str, Any], list]:
     """Scores of ``model`` on ``dataloader``, each example counted once over all processes, and the predictions.
+
+    NER labels are decoded under the IOB2 rules (``ner_decoding.iob2_viterbi``) when ``decoding`` is "iob2" and the
+    label names are an IOB2 scheme, the argmax's scores then beside them under "argmax"; else each token's argmax.
 
     NER rows have a different padded length on each process: they are padded to a common length (with
     -100, ignored) before ``gather_for_metrics``, which also drops the rows repeated to even out the last batch.
     """
     model.eval()
-    predictions, references = [], []
+    transitions = iob2_transitions(names) if task == "ner" and decoding == "iob2" else None
+    predictions, argmaxes, references = [], [], []
     for batch in progress_bar(accelerator, iterable=dataloader, desc=desc, leave=False):
         batch = loaders.widen(batch)  # hf_dtype: compute dtypes, on the device
         with torch.no_grad():
-            predicted = model(**batch).logits.argmax(dim=-1)
+            logits = model(**batch).logits
         gold = batch["labels"]
+        predicted = argmax = logits.argmax(dim=-1)
+        if transitions is not None:
+            predicted = iob2_viterbi(logits.float().log_softmax(dim=-1), gold != -100, *transitions)
         if task == "ner":
-            predicted = accelerator.pad_across_processes(predicted, dim=1, pad_index=-100)
-            gold = accelerator.pad_across_processes(gold, dim=1, pad_index=-100)
-        predicted, gold = accelerator.gather_for_metrics((predicted, gold))
+            predicted, argmax, gold = (accelerator.pad_across_processes(t, dim=1, pad_index=-100) for t in (predicted, argmax, gold))
+        predicted, argmax, gold = accelerator.gather_for_metrics((predicted, argmax, gold))
         predictions.append(predicted.cpu().numpy())
+        argmaxes.append(argmax.cpu().numpy())
         references.append(gold.cpu().numpy())
     if task == "ner":  # label names at the labelled positions only, one list per sentence
-        rows = [(p[g != -100], g[g != -100]) for p_batch, g_batch in zip(predictions, references, strict=True)
-                for p, g in zip(p_batch, g_batch, strict=True)]
-        predicted_names = [[names[i] for i in p] for p, _ in rows]
-        return ner_metrics(predicted_names, [[names[i] for i in g] for _, g in rows]), predicted_names
+        gold_names = sentence_labels(references, references, names)
+        predicted_names = sentence_labels(predictions, references, names)
+        metrics = ner_metrics(predicted_names, gold_names)
+        if transitions is not None:  # what the constrained decoding changed
+            metrics["argmax"] = {k: v for k, v in ner_metrics(sentence_labels(argmaxes, references, names), gold_names).items()
+                                 if k != "per_type"}
+        return metrics, predicted_names
     predicted = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
     gold = np.concatenate(references) if references else np.zeros(0, dtype=np.int64)
     return classification_metrics(predicted, gold, len(names)), [names[i] for i in predicted]
@@ -426,6 +443,7 @@ def run_metrics(args: argparse.Namespace, accelerator: Accelerator, model: torch
         "task": args.task, "model": args.model_name_or_path, "from_scratch": args.from_scratch,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
+        "ner_decoding": args.ner_decoding if args.task == "ner" else None,
         "plan_option": args.plan, "widen": args.widen if loaders.plan is not None else None,
         "plan": loaders.plan.to_dict() if loaders.plan is not None else None,
         "labels": data.labels.names, "rows": {split: len(part) for split, part in data.tokenized.items()},
@@ -482,7 +500,8 @@ def summarize(accelerator: Accelerator, metrics: Mapping[str, Any], task: str, o
     for split in EVAL_SPLITS:
         if split in metrics:
             others = "  ".join(f"{key} {value:.4f}" for key, value in metrics[split].items() if isinstance(value, float) and key != score)
-            say(accelerator, f"{split:<10}  {score} {metrics[split][score]:.4f}  {others}")
+            argmax = f"  (argmax: f1 {metrics[split]['argmax']['f1']:.4f})" if "argmax" in metrics[split] else ""
+            say(accelerator, f"{split:<10}  {score} {metrics[split][score]:.4f}  {others}{argmax}")
     if metrics.get("train_rows_per_s"):
         say(accelerator, f"train: {metrics['train_rows_per_s']:.1f} rows/s, {metrics['bytes_per_batch']:,.0f} bytes per batch to the "
                          f"device ({', '.join(f'{k} {v}' for k, v in metrics['batch_dtypes'].items())})")
@@ -571,7 +590,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
     def validate(epoch: float) -> dict[str, Any]:
         """Score the validation split now; the score goes into ``log.evaluations`` with the training minutes so far."""
         log.validation = evaluate(accelerator, model, eval_dataloaders["validation"], loaders, args.task, data.labels.names,
-                                  desc="validation")
+                                  desc="validation", decoding=args.ner_decoding)
         scores = {key: value for key, value in log.validation[0].items() if key != "per_type"}
         log.evaluations.append({"step": completed_steps, "epoch": round(epoch, 4), "train_minutes": round(log.seconds / 60, 4),
                                 "validation": scores})
@@ -681,7 +700,8 @@ def training_function(args: argparse.Namespace,
         if split == "validation" and log is not None and log.validation is not None:  # the last epoch's evaluation is the final one
             metrics[split], predictions[split] = log.validation
         else:
-            metrics[split], predictions[split] = evaluate(accelerator, model, dataloader, loaders, args.task, data.labels.names, split)
+            metrics[split], predictions[split] = evaluate(accelerator, model, dataloader, loaders, args.task, data.labels.names, split,
+                                                         args.ner_decoding)
     written = save_outputs(args, accelerator, model, data, metrics, predictions)
     summarize(accelerator, metrics, args.task, args.output_dir, written)
     accelerator.end_training()
@@ -723,6 +743,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--label_column_name", help="Default: ner_tags (ner), label (classification). Strings, or ids: named by "
                                                   "the column's ClassLabel feature where it has one.")
     data.add_argument("--label_all_tokens", action="store_true", help="Label every sub-token of a word, not only the first.")
+    data.add_argument("--ner_decoding", choices=["iob2", "argmax"], default="iob2",
+                      help="NER predictions: the most likely label sequence in which an I-X follows a B-X or I-X (IOB2 label "
+                           "names; the argmax's scores are kept beside it in metrics.json), or each token's most likely label.")
     data.add_argument("--max_length", type=int, default=128, help="Truncate longer texts (in tokens).")
     data.add_argument("--plan", default="compact", help="The data path: datasets-default (with_format('torch') + the transformers "
                                                         "collator), compact (an inferred hf_dtype plan) or FILE.json (a plan).")

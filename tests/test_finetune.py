@@ -187,6 +187,9 @@ def test_metrics_json_and_saved_model(tiny_model_dir, ner_files, tmp_path):
     assert again["validation"] == metrics["validation"]
     assert again["predictions"]["validation"] == metrics["predictions"]["validation"]
     assert (tmp_path / "eval" / "eval_metrics.json").is_file()
+    argmax = run([*ner_argv(out, ner_files), "--eval_only", "--ner_decoding", "argmax", "--output_dir", str(tmp_path / "argmax")])
+    assert metrics["ner_decoding"] == "iob2" and argmax["ner_decoding"] == "argmax" and "argmax" not in argmax["validation"]
+    assert metrics["validation"]["argmax"] == {k: v for k, v in argmax["validation"].items() if k != "per_type"}
 
 
 def test_classification_text_and_tsv(tiny_model_dir, classification_files):
@@ -241,6 +244,8 @@ def test_ner_with_the_char_bert_from_pretrain_on_a_hub_layout_folder(char_bert_d
     sentences = load_dataset(str(PEOPLES_DAILY), split="validation")["tokens"]
     assert [len(row) for row in metrics["predictions"]["validation"]] == [len(row) for row in sentences]
     assert {tag for row in metrics["predictions"]["validation"] for tag in row} <= set(PEOPLES_DAILY_TAGS)
+    for row in metrics["predictions"]["validation"]:  # decoded under the IOB2 rules: every I-X continues an X
+        assert all(not tag.startswith("I-") or before[2:] == tag[2:] for before, tag in zip(["O", *row[:-1]], row, strict=True)), row
 
 
 def test_classification_with_the_char_bert_on_a_hub_layout_folder(char_bert_dir, tmp_path):
