@@ -381,7 +381,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds
         "- *waiting for data*: the time to make the training batches (a pass over the prepared train loader alone, after training, "
         "in the same process: with no loader workers a batch is made inside `next()`), as a share of the training time.",
         "- *peak RSS*: `resource.getrusage` maximum resident set of the variant's process (model, optimizer, libraries and data).",
-        "- *F1*: seqeval entity-level F1 (CoNLL evaluation) of the final model.",
+        "- *F1*: seqeval entity-level F1 (CoNLL evaluation) of the final model, "
+        + ("its labels decoded under the IOB2 rules (`finetune.py --ner_decoding iob2`, the default)."
+           if first.get("ner_decoding") == "iob2" else "each token's most likely label."),
         "",
         "## What it means",
         "",
