@@ -443,7 +443,7 @@ def run_metrics(args: argparse.Namespace, accelerator: Accelerator, model: torch
         "task": args.task, "model": args.model_name_or_path, "from_scratch": args.from_scratch,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
-        "ner_decoding": args.ner_decoding if args.task == "ner" else None,
+        "ner_decoding": args.ner_decoding if args.task == "ner" else None, "loss_weighting": args.loss_weighting,
         "plan_option": args.plan, "widen": args.widen if loaders.plan is not None else None,
         "plan": loaders.plan.to_dict() if loaders.plan is not None else None,
         "labels": data.labels.names, "rows": {split: len(part) for split, part in data.tokenized.items()},
@@ -551,6 +551,21 @@ def slowest(accelerator: Accelerator, seconds: float) -> float:
     return float(accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max().item())
 
 
+def labelled_tokens_per_batch(train: datasets.Dataset, batch_size: int) -> float:
+    """The mean number of labelled tokens (label not -100) in a training batch: per row over the split, times the batch size."""
+    import pyarrow.compute as pc
+
+    labels = pc.list_flatten(train.data.column("labels"))
+    return float(pc.sum(pc.not_equal(labels, -100)).as_py()) / len(train) * batch_size
+
+
+def token_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, tokens_per_batch: float) -> torch.Tensor:
+    """The cross-entropy summed over the batch's labelled tokens, over the mean labelled tokens of a batch: every token
+    weighs the same whatever its batch, and the expected value is the per-token mean loss."""
+    summed = torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return summed / tokens_per_batch
+
+
 def step_line(losses: Sequence[float], step: int, max_steps: int, steps_per_epoch: int, lr: float) -> str:
     """``step 10/96  epoch 0.31  loss 0.8123  lr 2.97e-04``: the mean of ``losses``, those since the last step line (as
     Trainer logs)."""
@@ -576,6 +591,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
     if args.with_tracking:
         accelerator.init_trackers("finetune", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()})
 
+    tokens_per_batch = (labelled_tokens_per_batch(data.tokenized["train"], args.per_device_train_batch_size)
+                        if args.loss_weighting == "token" else None)
     log, completed_steps, starting_epoch, resume_batches = TrainLog(), 0, 0, 0
     if args.resume_from_checkpoint:
         log.resumed_from, completed_steps = find_checkpoint(args, steps_per_epoch)
@@ -613,7 +630,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
         for batch in bar:
             log.add_batch(batch)
             with accelerator.accumulate(model):
-                outputs = model(**loaders.widen(batch))  # hf_dtype: storage dtypes -> compute dtypes, on the device
+                inputs = loaders.widen(batch)  # hf_dtype: storage dtypes -> compute dtypes, on the device
+                outputs = model(**inputs)
+                if tokens_per_batch is not None:
+                    outputs.loss = token_weighted_loss(outputs.logits, inputs["labels"], tokens_per_batch)
                 accelerator.backward(outputs.loss)
                 optimizer.step()
                 lr_scheduler.step()
@@ -777,6 +797,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                             "epochs or --max_train_steps, so set both.")
     model.add_argument("--group_by_length", action="store_true",
                        help="Batch rows of similar length together (Trainer's group_by_length): less padding, faster epochs.")
+    model.add_argument("--loss_weighting", choices=["batch", "token"],
+                       help="NER: 'batch' is the model's loss, the mean over each batch's labelled tokens, so that every batch "
+                            "weighs the same; 'token' makes every labelled token weigh the same in every batch (the batch's sum "
+                            "over the mean labelled tokens of a batch). Default: token with --group_by_length, where a batch of "
+                            "short rows would otherwise count as much as one of long rows; else batch.")
     model.add_argument("--max_train_steps", type=int, help="Stop after this many optimizer steps (overrides --num_train_epochs).")
     model.add_argument("--seed", type=int, default=42, help="Seed of the new head, dropout and the row order.")
     model.add_argument("--eval_only", action="store_true", help="No training: evaluate --model_name_or_path on validation (and test).")
@@ -820,6 +845,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             raise InputError(f"--{name} must be at least 1; got {getattr(args, name)}.")
     if args.from_scratch and args.eval_only:
         raise InputError("--from_scratch trains new weights; --eval_only evaluates saved ones: give one of them.")
+    if args.loss_weighting is None:
+        args.loss_weighting = "token" if args.group_by_length and args.task == "ner" else "batch"
+    if args.loss_weighting == "token" and args.task != "ner":
+        raise InputError("--loss_weighting token weighs labelled tokens; --task classification has one label a row: use batch.")
     if args.max_train_minutes is not None and not args.max_train_minutes > 0:
         raise InputError(f"--max_train_minutes must be a positive number of minutes; got {args.max_train_minutes}.")
     return args

@@ -121,6 +121,9 @@ def test_group_by_length_eval_steps_plots_and_a_time_limit(tiny_model_dir, ner_f
     default = run([*argv, "--plan", "datasets-default", "--output_dir", str(tmp_path / "default")])
     plain = run(ner_argv(tiny_model_dir, ner_files, "--max_length", "96", "--output_dir", str(tmp_path / "plain")))
     assert grouped["step_losses"] == default["step_losses"] != plain["step_losses"]  # less padding: test_length_grouping.py
+    assert grouped["loss_weighting"] == default["loss_weighting"] == "token" and plain["loss_weighting"] == "batch"
+    per_batch = run([*argv, "--loss_weighting", "batch", "--output_dir", str(tmp_path / "per_batch")])
+    assert per_batch["step_losses"] != grouped["step_losses"]
     evaluations = grouped["evaluations"]
     assert [entry["step"] for entry in evaluations] == [2, 4, 5, 6, 8, 10]  # every 2 steps, and each epoch's end (5 steps)
     minutes = [entry["train_minutes"] for entry in evaluations]
@@ -136,6 +139,21 @@ def test_group_by_length_eval_steps_plots_and_a_time_limit(tiny_model_dir, ner_f
     stopped = run([*argv, "--max_train_minutes", "1e-6", "--output_dir", str(tmp_path / "stopped")])
     assert stopped["stopped_by"] == "max_train_minutes" and stopped["completed_steps"] == 1
     assert grouped["stopped_by"] == "max_train_steps" and grouped["completed_steps"] == 10
+
+
+def test_token_weighted_loss_weighs_every_labelled_token_alike():
+    """A batch's loss is its summed cross-entropy over the mean labelled tokens of a batch (the split's labelled tokens
+    per row times the batch size): a short-row batch counts for its tokens, not as much as a long-row one."""
+    import torch
+    from datasets import Dataset
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, generator=generator)
+    labels = torch.tensor([[0, 1, -100, -100, -100], [2, 1, 0, 1, 2]])
+    per_token = torch.nn.functional.cross_entropy(logits.view(-1, 3), labels.view(-1), ignore_index=-100, reduction="none")
+    assert torch.allclose(finetune.token_weighted_loss(logits, labels, 3.5), per_token.sum() / 3.5)
+    rows = Dataset.from_dict({"labels": [[-100, 1, 2, -100], [-100, 0, -100], [-100, 1, 1, 1, -100]]})
+    assert finetune.labelled_tokens_per_batch(rows, 4) == 6 / 3 * 4
 
 
 def test_from_scratch_keeps_the_architecture_and_draws_new_weights(tiny_model_dir, ner_files, tmp_path):
@@ -534,6 +552,8 @@ def test_bad_options(tiny_model_dir, ner_files, tmp_path):
     with pytest.raises(InputError, match=r"The train split has rows of 128 tokens, longer than the 64 positions of .* "
                                           r"\(max_position_embeddings\); expected --max_length 64 or less"):
         run(["--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(PEOPLES_DAILY), "--max_length", "128"])
+    with pytest.raises(InputError, match=r"--loss_weighting token weighs labelled tokens; --task classification"):
+        finetune.check_args(parse(["--task", "classification", "--loss_weighting", "token"]))
     with pytest.raises(InputError, match=r"--checkpointing_steps 'often': expected a number of steps or 'epoch'"):
         run([*ner_argv(tiny_model_dir, ner_files), "--checkpointing_steps", "often"])
     with pytest.raises(InputError, match=r"--resume_from_checkpoint latest: no step_N or epoch_N checkpoint folder"):
