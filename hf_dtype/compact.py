@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict
 
 from .dtypes import DTYPE_NAMES, LossyCastError, bfloat16_bits_to_float32, check_integers, is_float, is_integer, narrow_float, to_arrow
-from .plan import DERIVED_KINDS, ColumnDtype, DtypePlan, as_plan
+from .plan import ColumnDtype, DtypePlan, as_plan
 from .ragged import arrow_leaf_dtype, flatten_leaf, leaf_row, list_depth, row_lengths
 from .recording import leaf_feature, plan_of, record_plan
 
@@ -184,7 +184,7 @@ def _verify_derived(batch: pa.Table, name: str, entry: ColumnDtype, indices: lis
     leaf, levels = flatten_leaf(column)
     values = leaf.to_numpy(zero_copy_only=False)
     assert entry.derived is not None  # only derived entries are verified
-    differs = values != DERIVED_KINDS[entry.derived]
+    differs = values != entry.derived_value
     if differs.any():
         i = int(np.argmax(differs))
         raise LossyCastError(f"Column {name!r}, row {indices[leaf_row(i, levels)]}: holds {values[i]}, so it is not all "

@@ -1,23 +1,32 @@
-"""Dtype names, ranges and forms (numpy / Arrow / torch), the bfloat16 codec, and the one "does it fit" check.
+"""Dtype names, ranges and forms (numpy / Arrow / torch), the bfloat16 codec, the one "does it fit" check and the one cast.
 
 One canonical name per dtype (``"uint16"``, ``"bfloat16"``, ...). Arrow has no bfloat16, so a
 bfloat16 column is stored as the uint16 bit pattern of each value and recognised by its plan entry.
+
+``to_dtype`` / ``to_compute`` serve values read from a dataset (the formatter, ``DtypeTransform``,
+batches widened on the CPU), and ``widen_batch`` is ``plan.widen`` (tensors on any device). Whatever
+they return is memory the caller owns: values that alias the dataset (a view of an Arrow buffer,
+perhaps a read-only memory map) are copied once, in the same step as the cast, as ``datasets``' own
+formatters copy read-only arrays. A compute dtype narrower than the storage dtype is range-checked.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 __all__ = [
+    "BACKENDS",
     "DTYPE_NAMES",
     "LossyCastError",
     "bfloat16_bits_to_float32",
     "canonical_dtype",
+    "check_backend",
     "check_integers",
     "dtype_name",
     "float32_to_bfloat16_bits",
@@ -25,10 +34,16 @@ __all__ = [
     "is_float",
     "is_integer",
     "narrow_float",
+    "narrows",
+    "numpy_dtype",
     "smallest_integer_dtype",
     "to_arrow",
+    "to_compute",
+    "to_dtype",
     "to_numpy",
     "to_torch",
+    "widen_batch",
+    "widen_tensor",
 ]
 
 INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
@@ -110,10 +125,8 @@ def to_arrow(name: str) -> pa.DataType:
     return pa.from_numpy_dtype(to_numpy(name))
 
 
-def to_torch(name: str):
+def to_torch(name: str) -> torch.dtype:
     """The torch dtype named ``name``."""
-    import torch
-
     return getattr(torch, name)
 
 
@@ -185,3 +198,82 @@ def check_integers(values: Any, target: str, *, column: str, row_of: Callable[[i
             hint = "no signed dtype holds it: compute 'uint64' serves it exactly (numpy uint64, or torch.uint64, which few ops support)"
     signed = " (-100 and other negative values need a signed dtype)" if bad < 0 <= low else ""
     raise LossyCastError(f"Column {column!r}{row}: value {bad} does not fit {target}, which holds [{low}, {high}]{signed}; {hint}.")
+
+
+BACKENDS = ("torch", "numpy")
+
+
+@functools.cache
+def narrows(storage: str | None, compute: str) -> bool:
+    """Whether compute dtype ``compute`` holds fewer integers than ``storage`` (then values are range-checked)."""
+    if not (is_integer(storage) or storage == "bool") or not is_integer(compute):
+        return False
+    low, high = integer_range(storage)
+    target_low, target_high = integer_range(compute)
+    return low < target_low or high > target_high
+
+
+def numpy_dtype(compute: str) -> np.dtype:
+    """The numpy dtype that serves compute dtype ``compute``: numpy has no bfloat16, so float32 (exact)."""
+    return np.dtype("float32" if compute == "bfloat16" else compute)
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}.")
+    return backend
+
+
+def to_dtype(values: np.ndarray, target: str, backend: str = "torch", *, bits: bool = False, owned: bool = False,
+             column: str = "?", row_of: Callable[[int], int | str] | None = None, storage: bool = False) -> Any:
+    """``values`` in dtype ``target``, as a numpy array or a torch tensor; ``bits``: they are bfloat16 bit patterns.
+
+    ``owned`` says the caller made ``values`` itself (a padded batch); otherwise they may alias the
+    dataset and are copied where the cast would not already make new memory. A target that holds
+    fewer integers than ``values``' dtype is range-checked first (``storage``: the target is a storage
+    dtype, which the error's hint then names; else a compute dtype).
+    """
+    if bits and target == "bfloat16" and backend == "torch":
+        return torch.from_numpy(values if owned else values.copy()).view(torch.bfloat16)
+    if bits:
+        values, owned = bfloat16_bits_to_float32(values), True
+    if narrows(dtype_name(values.dtype), target):
+        check_integers(values, target, column=column, row_of=row_of, compute=not storage)
+    values = values.astype(numpy_dtype(target), copy=not owned)
+    if backend == "numpy":
+        return values
+    tensor = torch.from_numpy(values)
+    return tensor.to(torch.bfloat16) if target == "bfloat16" else tensor
+
+
+def to_compute(values: np.ndarray, entry: Any, backend: str = "torch", **options: Any) -> Any:
+    """``values``, read in ``entry``'s storage dtype, in its compute dtype (see ``to_dtype`` for the options)."""
+    bits = entry.storage == "bfloat16" and values.dtype == np.uint16
+    return to_dtype(values, entry.served_dtype, backend, bits=bits, **options)
+
+
+def widen_tensor(tensor: Any, entry: Any, *, non_blocking: bool = False, column: str = "?") -> Any:
+    """A torch ``tensor`` (in storage dtype, on any device) in its compute dtype; bfloat16 bits are viewed, not copied."""
+    if entry.storage == "bfloat16" and tensor.dtype in (torch.uint16, torch.int16):
+        tensor = tensor.view(torch.bfloat16)
+    target = to_torch(entry.served_dtype)
+    if tensor.dtype == target:
+        return tensor
+    if narrows(str(tensor.dtype).removeprefix("torch."), entry.served_dtype):
+        width = tensor.shape[-1] if tensor.ndim > 1 else 1
+        check_integers(tensor, entry.served_dtype, column=column, row_of=lambda i: f"{i // width} of the batch", compute=True)
+    return tensor.to(target, non_blocking=non_blocking)
+
+
+def widen_batch(plan: Any, batch: Mapping[str, Any], *, non_blocking: bool = False) -> dict[str, Any]:
+    """A copy of ``batch`` with every planned tensor or array in its compute dtype; other keys pass through."""
+    out = dict(batch)
+    for name, value in batch.items():
+        entry = plan.entry_for(name)
+        if entry is None:
+            continue
+        if isinstance(value, np.ndarray):
+            out[name] = to_compute(value, entry, "numpy", owned=True, column=name)
+        elif hasattr(value, "dtype") and hasattr(value, "to"):
+            out[name] = widen_tensor(value, entry, non_blocking=non_blocking, column=name)
+    return out

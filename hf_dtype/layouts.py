@@ -20,8 +20,7 @@ import pyarrow as pa
 import torch
 
 from .batching import PADDING_SIDES, assemble
-from .convert import widen_batch
-from .dtypes import dtype_name, integer_range, is_float
+from .dtypes import dtype_name, integer_range, is_float, widen_batch
 from .masking import mask_tokens
 from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, label_entry, packed_plan
 from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan

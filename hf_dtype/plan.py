@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, NoReturn, cast, overload
 
-from .dtypes import canonical_dtype, integer_range, is_float, is_integer
+from .dtypes import canonical_dtype, integer_range, is_float, is_integer, widen_batch
 
 __all__ = ["DERIVED_KINDS", "LABEL_ALIASES", "ColumnDtype", "DtypePlan", "as_plan"]
 
@@ -84,6 +84,12 @@ class ColumnDtype:
         if self.derived is not None or is_integer(self.storage):
             return "int64"
         return "bool" if self.storage == "bool" else "float32"
+
+    @property
+    def derived_value(self) -> int:
+        """The constant of a derived column where its source has values (1 for ``"ones"``, 0 for ``"zeros"``)."""
+        assert self.derived is not None  # only derived columns have one
+        return DERIVED_KINDS[self.derived]
 
     @property
     def pad_value(self) -> int | float:
@@ -273,8 +279,6 @@ class DtypePlan(Mapping[str, ColumnDtype]):
 
     def widen(self, batch: Mapping[str, Any], *, non_blocking: bool = False) -> dict[str, Any]:
         """``batch`` with each planned tensor or array in its compute dtype, on the device it is on."""
-        from .convert import widen_batch
-
         return widen_batch(self, batch, non_blocking=non_blocking)
 
     def __str__(self) -> str:

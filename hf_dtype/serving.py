@@ -26,8 +26,8 @@ from datasets.formatting.formatting import TensorFormatter
 
 from ._compat import register_formatter
 from .batching import WIDEN_MODES
-from .convert import check_backend, derived_values, to_compute, to_dtype
-from .dtypes import LossyCastError, integer_range, is_float
+from .convert import derived_values
+from .dtypes import LossyCastError, check_backend, integer_range, is_float, to_compute, to_dtype
 from .layouts import Padded
 from .plan import ColumnDtype, DtypePlan
 from .ragged import RowNames, arrow_leaf_dtype, flatten_leaf, is_list_type, leaf_row, list_depth, offsets_of, rows_of_values
