@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import torch
 
 __all__ = [
-    "SelfPrepared", "accelerate_device", "accelerate_is_set_up", "accelerate_loaders", "indices_mapping", "register_formatter",
-    "signature_columns", "stream_split", "temporary_cache_dir",
+    "SelfPrepared", "accelerate_device", "accelerate_is_set_up", "accelerate_loaders", "indices_mapping", "process_rank",
+    "register_formatter", "signature_columns", "stream_split", "temporary_cache_dir",
 ]
 
 
@@ -88,3 +89,15 @@ def temporary_cache_dir() -> Iterator[None]:
         yield
     finally:
         datasets.fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = saved
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: accelerate's when it is set up, else torch.distributed's, else ``(0, 1)``."""
+    if accelerate_is_set_up():
+        from accelerate.state import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

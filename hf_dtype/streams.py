@@ -30,7 +30,7 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
-from ._compat import SelfPrepared, accelerate_device, accelerate_is_set_up, stream_split
+from ._compat import SelfPrepared, accelerate_device, process_rank, stream_split
 from .layouts import Blocks, Layout
 from .packing import BlockIndex
 from .ragged import RowNames, Rows, offsets_of, positions_in_rows, rows_of_table
@@ -38,18 +38,6 @@ from .ragged import RowNames, Rows, offsets_of, positions_in_rows, rows_of_table
 __all__ = ["StreamBatches", "StreamDataLoader", "process_rank", "split_stream"]
 
 logger = logging.getLogger(__name__)
-
-
-def process_rank() -> tuple[int, int]:
-    """``(rank, world size)`` of this process: accelerate's when it is set up, else torch.distributed's, else ``(0, 1)``."""
-    if accelerate_is_set_up():
-        from accelerate.state import PartialState
-
-        state = PartialState()
-        return state.process_index, state.num_processes
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class StreamBatches(torch.utils.data.IterableDataset):
