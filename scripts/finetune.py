@@ -631,14 +631,16 @@ def train(args: argparse.Namespace, accelerator: Accelerator, model: torch.nn.Mo
             log.add_batch(batch)
             with accelerator.accumulate(model):
                 inputs = loaders.widen(batch)  # hf_dtype: storage dtypes -> compute dtypes, on the device
-                outputs = model(**inputs)
-                if tokens_per_batch is not None:
-                    outputs.loss = token_weighted_loss(outputs.logits, inputs["labels"], tokens_per_batch)
-                accelerator.backward(outputs.loss)
+                if tokens_per_batch is None:
+                    loss = model(**inputs).loss
+                else:  # the labels stay out of the model, which would compute a mean loss of its own
+                    logits = model(**{name: value for name, value in inputs.items() if name != "labels"}).logits
+                    loss = token_weighted_loss(logits, inputs["labels"], tokens_per_batch)
+                accelerator.backward(loss)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            micro_losses.append(outputs.loss.detach().float())
+            micro_losses.append(loss.detach().float())
             if accelerator.sync_gradients:
                 completed_steps += 1
                 step_loss = accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean").item()
