@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from .compact import compact
 from .dtypes import DTYPE_NAMES, LossyCastError
 from .infer import ColumnStats, dataset_stats, infer_plan
 from .plan import ColumnDtype, DtypePlan
-from .staging import check_writable, foreign_entries, publish, remove_stale_staging, staged
+from .staging import check_target, os_reason, publish, staged, write_error
 
 __all__ = ["main"]
 
@@ -65,21 +64,12 @@ def _holds_no_rows(location: Path) -> bool:
     return len(lines) < (2 if suffix == ".csv" else 1)
 
 
-def _os_reason(error: OSError) -> str:
-    """An ``OSError`` in one line: the system's reason and the path(s) it names."""
-    if not error.strerror:
-        text = str(error).strip()
-        return text.splitlines()[0] if text else type(error).__name__
-    paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
-    return f"{error.strerror}: {' -> '.join(paths)}" if paths else error.strerror
-
-
 def load(path: str) -> Dataset | DatasetDict:
     """Load a ``save_to_disk`` folder or a Parquet / JSON / CSV file; one that cannot be read is a one-line error."""
     try:
         return _load(path)
     except OSError as error:
-        raise CliError(f"{path}: cannot read it ({_os_reason(error)}); expected a file or folder this user can read.") from None
+        raise CliError(f"{path}: cannot read it ({os_reason(error)}); expected a file or folder this user can read.") from None
 
 
 def _load(path: str) -> Dataset | DatasetDict:
@@ -218,71 +208,8 @@ def _inspect(args: argparse.Namespace) -> None:
         _print_report(report)
 
 
-def _within(folder: Path, path: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _as_written(path: Path) -> Path:
-    """``path`` made absolute without following symlinks."""
-    return Path(os.path.abspath(path))
-
-
-def _check_apart(given_in: str, given_out: str) -> None:
-    """Refuse an OUT whose writing or replacing would touch IN or pull the working folder away.
-
-    Checked with symlinks followed, then as written (an IN reached through a symlink inside OUT is deleted with OUT).
-    """
-    expected = "expected an OUT folder outside IN that does not contain it (IN is never modified)"
-    for absolute in (Path.resolve, _as_written):
-        source, out, here = absolute(Path(given_in)), absolute(Path(given_out)), absolute(Path.cwd())
-        if out == source:
-            raise CliError(f"OUT {given_out} is IN {given_in}; {expected}.")
-        if _within(source, out):
-            raise CliError(f"OUT {given_out} lies inside IN {given_in}; {expected}.")
-        if _within(out, source):
-            raise CliError(f"OUT {given_out} contains IN {given_in}, which replacing OUT would delete; {expected}.")
-        if _within(out, here):
-            raise CliError(f"OUT {given_out} is or contains the working folder {here}; expected an OUT folder that does not "
-                           f"contain it, e.g. {Path(given_in).stem or 'dataset'}-compact.")
-
-
-def _check_replaceable(given_out: str, out: Path, overwrite: bool) -> None:
-    """Refuse an existing OUT that holds anything save_to_disk did not write (whatever the flags), or any without --overwrite."""
-    if not os.path.lexists(out):
-        return
-    foreign = foreign_entries(out)
-    remedy = "--overwrite replaces only a folder that save_to_disk wrote, or an empty one: pick another OUT or remove it by hand"
-    if foreign == [""]:
-        raise CliError(f"OUT {given_out} is a file, not a dataset folder; {remedy}.")
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise CliError(f"OUT {given_out} holds what save_to_disk did not write, which replacing it would delete: {shown}; {remedy}.")
-    if not overwrite:
-        raise CliError(f"{given_out} exists; pass --overwrite to replace it.")
-
-
-def _write_error(given_out: str, error: OSError) -> CliError:
-    return CliError(f"cannot write OUT {given_out} ({_os_reason(error)}); expected a place this user can write, with room "
-                    "for the dataset. Nothing was written.")
-
-
-def _check_writable(given_out: str, out: Path) -> None:
-    """Refuse, before the work, an OUT under a file or in a place that cannot be written."""
-    existing = next(folder for folder in out.parents if os.path.lexists(folder))
-    if not existing.is_dir():
-        raise CliError(f"cannot write OUT {given_out}: {existing} is a file, not a folder; expected OUT in a folder.")
-    try:
-        check_writable(out)
-    except OSError as error:
-        raise _write_error(given_out, error) from None
-
-
 def _compact(args: argparse.Namespace) -> None:
-    _check_apart(args.input, args.output)
-    out = Path(args.output).resolve()
-    remove_stale_staging(out)
-    _check_replaceable(args.output, out, args.overwrite)
-    _check_writable(args.output, out)
+    out = check_target(args.input, args.output, args.overwrite)
     dataset = load(args.input)
     plan = build_plan(dataset, args.plan, args.column)
     try:
@@ -292,7 +219,7 @@ def _compact(args: argparse.Namespace) -> None:
             after = sum(part.data.nbytes for part in _splits(compacted).values())
             publish(written, out)
     except OSError as error:
-        raise _write_error(args.output, error) from None
+        raise write_error(args.output, error) from None
     before = sum(part.data.nbytes for part in _splits(dataset).values())
     print(plan)
     print(f"wrote {args.output}: {_format_bytes(after)} of Arrow data, {after / before if before else 1:.2f}x of {_format_bytes(before)}")
@@ -378,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _no_progress_bars():
             args.run(args)
     except (CliError, LossyCastError, ValueError, OSError) as error:
-        message = _os_reason(error) if isinstance(error, OSError) else error
+        message = os_reason(error) if isinstance(error, OSError) else error
         print(f"hf-dtype {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -4,7 +4,8 @@
 ``datasets``' temporary cache files inside it too), ``publish`` renames the result into place, and
 ``remove_stale_staging`` removes what a killed run left (putting back an ``OUT`` it was replacing).
 ``foreign_entries`` says what an existing ``OUT`` holds that ``save_to_disk`` did not write (only an
-``OUT`` without any may be replaced), and ``check_writable`` fails early where ``OUT`` cannot be written.
+``OUT`` without any may be replaced), and ``check_target`` refuses, before any work, an ``OUT`` that is or
+holds ``IN`` or the working folder, holds anything else, exists without ``overwrite`` or cannot be written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import datasets
 
 from ._compat import temporary_cache_dir
 
-__all__ = ["check_writable", "foreign_entries", "publish", "remove_stale_staging", "staged"]
+__all__ = ["check_target", "foreign_entries", "os_reason", "publish", "remove_stale_staging", "staged", "write_error"]
 
 _STAGING_KINDS = ("partial", "old")
 # What Dataset.save_to_disk writes (shards, state, info), and the cache files that map / filter write beside a loaded
@@ -200,12 +201,6 @@ def staged(out: Path) -> Iterator[Path]:
         yield staging / out.name  # save_to_disk makes it, with the mode it gives any new folder
 
 
-def check_writable(out: Path) -> None:
-    """Make and remove ``out``'s staging folder: a place that cannot be written fails now, before the work, not after."""
-    with _staging_folder_made(out):
-        pass
-
-
 def publish(written: Path, out: Path) -> None:
     """Rename ``written`` (in its staging folder) to ``out``.
 
@@ -223,3 +218,85 @@ def publish(written: Path, out: Path) -> None:
         os.replace(retired, out)
         raise
     os.replace(retired, written.parent / "replaced")
+
+
+def os_reason(error: OSError) -> str:
+    """An ``OSError`` in one line: the system's reason and the path(s) it names."""
+    if not error.strerror:
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return f"{error.strerror}: {' -> '.join(paths)}" if paths else error.strerror
+
+
+def _within(folder: Path, path: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _as_written(path: Path) -> Path:
+    """``path`` made absolute without following symlinks."""
+    return Path(os.path.abspath(path))
+
+
+def _check_apart(given_in: str, given_out: str) -> None:
+    """Refuse an OUT whose writing or replacing would touch IN or pull the working folder away.
+
+    Checked with symlinks followed, then as written (an IN reached through a symlink inside OUT is deleted with OUT).
+    """
+    expected = "expected an OUT folder outside IN that does not contain it (IN is never modified)"
+    for absolute in (Path.resolve, _as_written):
+        source, out, here = absolute(Path(given_in)), absolute(Path(given_out)), absolute(Path.cwd())
+        if out == source:
+            raise ValueError(f"OUT {given_out} is IN {given_in}; {expected}.")
+        if _within(source, out):
+            raise ValueError(f"OUT {given_out} lies inside IN {given_in}; {expected}.")
+        if _within(out, source):
+            raise ValueError(f"OUT {given_out} contains IN {given_in}, which replacing OUT would delete; {expected}.")
+        if _within(out, here):
+            raise ValueError(f"OUT {given_out} is or contains the working folder {here}; expected an OUT folder that does not "
+                           f"contain it, e.g. {Path(given_in).stem or 'dataset'}-compact.")
+
+
+def _check_replaceable(given_out: str, out: Path, overwrite: bool) -> None:
+    """Refuse an existing OUT that holds anything save_to_disk did not write (whatever the flags), or any without --overwrite."""
+    if not os.path.lexists(out):
+        return
+    foreign = foreign_entries(out)
+    remedy = "--overwrite replaces only a folder that save_to_disk wrote, or an empty one: pick another OUT or remove it by hand"
+    if foreign == [""]:
+        raise ValueError(f"OUT {given_out} is a file, not a dataset folder; {remedy}.")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"OUT {given_out} holds what save_to_disk did not write, which replacing it would delete: {shown}; {remedy}.")
+    if not overwrite:
+        raise ValueError(f"{given_out} exists; pass --overwrite to replace it.")
+
+
+def write_error(given_out: str, error: OSError) -> ValueError:
+    """The one-line error of an OUT that could not be written."""
+    return ValueError(f"cannot write OUT {given_out} ({os_reason(error)}); expected a place this user can write, with room "
+                    "for the dataset. Nothing was written.")
+
+
+def _check_writable(given_out: str, out: Path) -> None:
+    """Refuse, before the work, an OUT under a file or in a place that cannot be written (making and removing its staging
+    folder)."""
+    existing = next(folder for folder in out.parents if os.path.lexists(folder))
+    if not existing.is_dir():
+        raise ValueError(f"cannot write OUT {given_out}: {existing} is a file, not a folder; expected OUT in a folder.")
+    try:
+        with _staging_folder_made(out):
+            pass
+    except OSError as error:
+        raise write_error(given_out, error) from None
+
+
+def check_target(given_in: str, given_out: str, overwrite: bool) -> Path:
+    """OUT (resolved) once it is safe to write, before any work: apart from IN and the working folder, holding only what
+    ``save_to_disk`` wrote (and replaced only with ``overwrite``), writable; staging folders of killed runs removed."""
+    _check_apart(given_in, given_out)
+    out = Path(given_out).resolve()
+    remove_stale_staging(out)
+    _check_replaceable(given_out, out, overwrite)
+    _check_writable(given_out, out)
+    return out
