@@ -149,11 +149,7 @@ def resolve_for(schema: pa.Schema, features: Any, plan: DtypePlan | Mapping[str,
             else:
                 logger.warning("Column %r: its ClassLabel names are not kept in %s storage (integer storage keeps them).",
                                name, entry.storage)
-    resolved = DtypePlan(entries).resolve([name for name in schema.names if list_depth(schema.field(name).type) == 1])
-    if resolved.unresolved():
-        raise ValueError(f"Derived column(s) {resolved.unresolved()} need a stored sequence column in the plan to take their "
-                         f"row lengths from (lengths_from); the plan stores none.")
-    return resolved
+    return DtypePlan(entries).resolve([name for name in schema.names if list_depth(schema.field(name).type) == 1], check=True)
 
 
 class _BatchCaster:

@@ -57,12 +57,8 @@ def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str 
     depth = _batchable(schema)
     unplanned = {name: _unplanned_entry(name, arrow_leaf_dtype(schema.field(name).type) or "int64", d)
                  for name, d in depth.items() if name not in plan and d in (0, 1)}
-    plan = (plan | unplanned).resolve([name for name, d in depth.items() if d == 1])  # derived: lengths of a list column
+    plan = (plan | unplanned).resolve([name for name, d in depth.items() if d == 1], check=True, present=schema.names)
     derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
-    unresolved = [name for name, entry in derived.items() if entry.lengths_from is None]
-    if unresolved:
-        raise ValueError(f"Derived column(s) {unresolved} have no list column to take their row lengths from: the dataset has "
-                         f"none of numbers; expected a list column such as input_ids (or lengths_from= in the plan).")
     if columns is None:
         chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
         left_out = [name for name in schema.names if name not in chosen]

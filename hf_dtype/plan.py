@@ -182,19 +182,25 @@ class DtypePlan(Mapping[str, ColumnDtype]):
             entry = next((self.columns[alias] for alias in LABEL_ALIASES if alias in self.columns), None)
         return entry
 
-    def resolve(self, sequences: Sequence[str]) -> DtypePlan:
+    def resolve(self, sequences: Sequence[str], *, check: bool = False, present: Iterable[str] = ()) -> DtypePlan:
         """The plan with each derived column's ``lengths_from`` filled in from the list columns ``sequences``.
 
         The default source is ``input_ids``, else the first planned column of ``sequences``; where
-        there is none, ``lengths_from`` stays None and the column cannot be rebuilt (see ``unresolved``).
+        there is none, ``lengths_from`` stays None and the column cannot be rebuilt (see ``unresolved``):
+        with ``check``, that is an error, unless the dataset holds the column itself (``present``).
         """
         planned = [name for name in sequences if name in self.stored]
         default = "input_ids" if "input_ids" in planned else (planned[0] if planned else None)
-        if default is None or all(entry.lengths_from is not None for entry in self.derived.values()):
-            return self
-        return DtypePlan({name: ColumnDtype(**{**entry.to_dict(), "lengths_from": default})
-                          if entry.derived is not None and entry.lengths_from is None else entry
-                          for name, entry in self.columns.items()})
+        plan = self
+        if default is not None and any(entry.lengths_from is None for entry in self.derived.values()):
+            plan = DtypePlan({name: ColumnDtype(**{**entry.to_dict(), "lengths_from": default})
+                              if entry.derived is not None and entry.lengths_from is None else entry
+                              for name, entry in self.columns.items()})
+        missing = [name for name in plan.unresolved() if name not in set(present)] if check else []
+        if missing:
+            raise ValueError(f"Derived column(s) {missing} have no list column to take their row lengths from: expected a list "
+                             f"column of numbers in the plan (input_ids, by default), or lengths_from= naming one.")
+        return plan
 
     def unresolved(self) -> list[str]:
         """Derived columns that do not know which stored column gives their row lengths."""

@@ -160,11 +160,7 @@ class HfDtypeFormatter(TensorFormatter[Mapping, Any, Mapping]):
         plan = require_plan(plan, features, "with_format")
         if plan.derived:
             schema = features.arrow_schema if features else pa.schema([])
-            plan = plan.resolve([field.name for field in schema if list_depth(field.type) == 1])
-            unresolved = [name for name in plan.unresolved() if name not in schema.names]
-            if unresolved:
-                raise ValueError(f"Derived column(s) {unresolved} have no stored list column of the plan to take their row lengths "
-                                 "from; expected the plan to store one (e.g. input_ids), or lengths_from= naming it.")
+            plan = plan.resolve([field.name for field in schema if list_depth(field.type) == 1], check=True, present=schema.names)
         self.server = _Server(plan, backend)
         if backend == "torch":
             from datasets.formatting.torch_formatter import TorchFormatter

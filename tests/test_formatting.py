@@ -258,5 +258,5 @@ def test_nulls_in_a_planned_integer_column_are_refused_by_row():
 
 def test_a_derived_column_without_a_source_is_an_error(tokenized):
     rows = tokenized.remove_columns(["attention_mask"])
-    with pytest.raises(ValueError, match=r"Derived column\(s\) \['attention_mask'\] have no stored list column of the plan"):
+    with pytest.raises(ValueError, match=r"Derived column\(s\) \['attention_mask'\] have no list column to take their row lengths from"):
         rows.with_format("hf_dtype", plan={"attention_mask": {"derived": "ones"}})[0]

@@ -305,3 +305,14 @@ def test_the_installed_version_is_the_package_version():
     import importlib.metadata
 
     assert importlib.metadata.version("hf-dtype") == hd.__version__ == "0.2.0"
+
+
+def test_resolve_gives_each_derived_column_a_source_or_one_error():
+    plan = DtypePlan({"input_ids": "uint16", "labels": "int8", "attention_mask": {"derived": "ones"}})
+    assert plan.resolve(["labels", "input_ids"])["attention_mask"].lengths_from == "input_ids"
+    assert plan.resolve(["labels"])["attention_mask"].lengths_from == "labels"
+    assert plan.resolve([]).unresolved() == ["attention_mask"]  # unchecked: left for the caller
+    message = r"Derived column\(s\) \['attention_mask'\] have no list column to take their row lengths from: expected a list column"
+    with pytest.raises(ValueError, match=message):
+        plan.resolve(["tokens"], check=True)  # a list column the plan does not store is no source
+    assert plan.resolve([], check=True, present=["attention_mask"]).unresolved() == ["attention_mask"]  # held as stored
