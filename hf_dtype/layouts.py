@@ -11,7 +11,6 @@ layout is one new class here. The argument names are ``transformers``' where it 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -20,15 +19,15 @@ import pyarrow as pa
 import torch
 
 from .batching import PADDING_SIDES, assemble
-from .dtypes import dtype_name, integer_range, is_float, widen_batch
+from .dtypes import dtype_name, integer_range, widen_batch
 from .masking import mask_tokens
-from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, label_entry, packed_plan
-from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
-from .ragged import RowNames, Rows, arrow_leaf_dtype, list_depth
+from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, packed_plan
+from .plan import DtypePlan
+from .ragged import RowNames, Rows, list_depth
+from .recording import batch_plan, batchable, unplanned_entry
 
 __all__ = ["Blocks", "Flat", "Layout", "MaskedLM", "Padded", "check_count"]
 
-logger = logging.getLogger(__name__)
 
 _L = TypeVar("_L", bound="Layout")
 
@@ -39,60 +38,6 @@ def check_count(name: str, value: Any, *, optional: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}; got {value!r}.")
-
-
-def _batchable(schema: pa.Schema) -> dict[str, int]:
-    """The list depth of every column of numbers (0) or lists of numbers (1, 2, ...)."""
-    return {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
-
-
-def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
-    """The plan a loader serves (unplanned columns added as stored) and the columns it batches, checked.
-
-    By default every column of numbers or lists of numbers that the dataset (of ``schema``) holds,
-    planned or not (a plan that names some columns does not drop the others: the model still gets its
-    ``attention_mask``), and every derived column whose source it holds; other columns (text,
-    lists of lists) are left out, which the log says.
-    """
-    depth = _batchable(schema)
-    unplanned = {name: _unplanned_entry(name, arrow_leaf_dtype(schema.field(name).type) or "int64", d)
-                 for name, d in depth.items() if name not in plan and d in (0, 1)}
-    plan = (plan | unplanned).resolve([name for name, d in depth.items() if d == 1], check=True, present=schema.names)
-    derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
-    if columns is None:
-        chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
-        left_out = [name for name in schema.names if name not in chosen]
-        if left_out:
-            logger.info("Columns %s are not batched: only numbers and lists of numbers are (name the columns with columns=).",
-                        left_out)
-    else:
-        chosen = [columns] if isinstance(columns, str) else list(columns)
-        unknown = [name for name in chosen if name not in schema.names and name not in derived]
-        if unknown:
-            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
-                             f"or derived columns of the plan {sorted(derived)}.")
-    entries = dict(plan.columns)
-    for name in chosen:
-        if name in derived:
-            source = derived[name].lengths_from
-            if source is None or depth.get(source) != 1:
-                what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
-                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
-        elif depth.get(name) not in (0, 1):
-            what = "lists of lists" if name in depth else f"{schema.field(name).type} values"
-            hint = "" if columns is not None else "; leave it out with columns=[...]"
-            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
-        elif name not in entries:
-            storage = arrow_leaf_dtype(schema.field(name).type)
-            assert storage is not None  # _batchable keeps columns of numbers and lists of numbers only
-            entries[name] = _unplanned_entry(name, storage, depth[name])
-    return DtypePlan(entries), chosen
-
-
-def _unplanned_entry(name: str, storage: str, depth: int) -> ColumnDtype:
-    """A column the plan does not name, as stored; a list column of labels pads with -100, as the collators pad it."""
-    entry = ColumnDtype(storage=storage)
-    return label_entry(entry) if depth == 1 and name in ("labels", *LABEL_ALIASES) and not is_float(storage) else entry
 
 
 class Layout:
@@ -193,7 +138,7 @@ class Padded(Layout):
     def bind_rows(self, plan: DtypePlan, columns: Mapping[str, Rows], names: Sequence[str], widen: str) -> Padded:
         """A copy bound to rows given as Python values (``PaddingCollator``): ``names`` in the order given, the columns
         the plan does not name served as given (label lists padded with -100, as the collators pad them)."""
-        unplanned = {name: _unplanned_entry(name, dtype_name(rows.dtype), 0 if rows.starts is None else 1)
+        unplanned = {name: unplanned_entry(name, dtype_name(rows.dtype), 0 if rows.starts is None else 1)
                      for name, rows in columns.items() if name not in plan}
         bound = copy.copy(self)
         bound.plan, bound.names, bound.read, bound.widen = plan | unplanned, list(names), list(names), widen
@@ -205,7 +150,7 @@ class Padded(Layout):
 
 def _token_columns(schema: pa.Schema, token: str, labels: str | None, default_labels: bool, layout: str) -> tuple[str, str | None]:
     """The token column of a packed layout and its label column (token classification), checked."""
-    lists = [name for name, depth in _batchable(schema).items() if depth == 1]
+    lists = [name for name, depth in batchable(schema).items() if depth == 1]
     if default_labels:
         labels = next((name for name in ("labels", "label_ids") if name in lists), None)
     for name in (token, labels):
@@ -369,7 +314,7 @@ class MaskedLM(Layout):
         self.token, self.unit, self.labels = token, self.inner.unit, None
         self.block_size = getattr(self.inner, "block_size", None)
         self.length_column = self.inner.length_column
-        self.plan = self.inner.plan | {"labels": label_entry(entry)}
+        self.plan = self.inner.plan | {"labels": entry.for_labels()}
         self.special = np.array(sorted({*self.special_token_ids, int(entry.pad_value)}), dtype=np.int64)
 
     def _mask(self, batch: dict[str, Any], items: np.ndarray, epoch: int) -> dict[str, Any]:

@@ -29,15 +29,7 @@ from .dtypes import dtype_name, integer_range, smallest_integer_dtype
 from .plan import ColumnDtype, DtypePlan
 from .ragged import RowNames, Rows, offsets_of, positions_in_rows
 
-__all__ = ["BlockIndex", "check_separator", "cut_blocks", "flatten_rows", "label_entry", "packed_plan"]
-
-def label_entry(entry: ColumnDtype) -> ColumnDtype:
-    """``entry`` for labels: -100 marks the positions the loss ignores, so the storage is one that holds it."""
-    if entry.pad == -100:
-        return entry
-    low, high = integer_range(entry.storage)
-    return ColumnDtype(storage=smallest_integer_dtype(min(low, -100), high), compute=entry.compute or "int64", pad=-100)
-
+__all__ = ["BlockIndex", "check_separator", "cut_blocks", "flatten_rows", "packed_plan"]
 
 def packed_plan(plan: DtypePlan, token: str, labels: str | None, *, positions: int | None) -> DtypePlan:
     """The entries of a packed batch: ``input_ids``, ``labels`` and ``position_ids`` (below ``positions``: blocks; None: flat).
@@ -48,7 +40,7 @@ def packed_plan(plan: DtypePlan, token: str, labels: str | None, *, positions: i
     if labels is None and positions is not None:
         entries = {"input_ids": plan[token], "labels": plan[token]}
     else:
-        entries = {"input_ids": plan[token], "labels": label_entry(plan[labels if labels is not None else token])}
+        entries = {"input_ids": plan[token], "labels": plan[labels if labels is not None else token].for_labels()}
     storage = smallest_integer_dtype(0, positions) if positions is not None and positions < 2**16 else "int32"
     entries["position_ids"] = ColumnDtype(storage=storage, compute="int64")
     return DtypePlan(entries)

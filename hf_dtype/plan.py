@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, NoReturn, cast, overload
 
-from .dtypes import canonical_dtype, integer_range, is_float, is_integer, widen_batch
+from .dtypes import canonical_dtype, integer_range, is_float, is_integer, smallest_integer_dtype, widen_batch
 
 __all__ = ["DERIVED_KINDS", "LABEL_ALIASES", "ColumnDtype", "DtypePlan", "as_plan"]
 
@@ -90,6 +90,13 @@ class ColumnDtype:
         """The constant of a derived column where its source has values (1 for ``"ones"``, 0 for ``"zeros"``)."""
         assert self.derived is not None  # only derived columns have one
         return DERIVED_KINDS[self.derived]
+
+    def for_labels(self) -> ColumnDtype:
+        """This entry for labels: -100 marks the positions the loss ignores, so the storage is one that holds it."""
+        if self.pad == -100:
+            return self
+        low, high = integer_range(self.storage)
+        return ColumnDtype(storage=smallest_integer_dtype(min(low, -100), high), compute=self.compute or "int64", pad=-100)
 
     @property
     def pad_value(self) -> int | float:

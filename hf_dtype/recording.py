@@ -1,24 +1,35 @@
-"""Where a plan lives in a dataset: the ``id`` of each stored column's leaf feature, so it travels with the data.
+"""The plan of a dataset: recorded in its features, required of a caller, and completed for the batches a loader makes.
+
+Where a plan lives in a dataset: the ``id`` of each stored column's leaf feature, so it travels with the data.
 
 Of all the places a dataset can hold extra data, the leaf feature's ``id`` survives ``map``,
 ``filter``, ``select``, ``shuffle``, ``save_to_disk``, ``to_parquet`` and the Hub card (the ``id`` of
 a ``List`` does not survive ``map``). A derived column is not stored, so its entry rides on the
 column it takes its lengths from. A ``ClassLabel`` column stored narrower than int64 becomes a
 ``Value`` whose entry keeps the label names; stored as int64 it stays a ``ClassLabel``.
+
+``require_plan`` is the one way a caller gets its plan (given, else recorded, else one error that
+says how to give one); ``batch_plan`` completes it with the columns a loader batches unplanned.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
 from datasets import ClassLabel, Features, LargeList, List, Value
 
-from .dtypes import to_numpy
-from .plan import ColumnDtype, DtypePlan
+from .dtypes import is_float, to_numpy
+from .plan import LABEL_ALIASES, ColumnDtype, DtypePlan
+from .ragged import arrow_leaf_dtype, list_depth
 
-__all__ = ["leaf_feature", "plan_of", "plan_of_features", "record_plan", "require_plan"]
+__all__ = ["batch_plan", "batchable", "leaf_feature", "plan_of", "plan_of_features", "record_plan", "require_plan", "unplanned_entry"]
+
+logger = logging.getLogger(__name__)
 
 _MARKER = "hf_dtype/1 "
 
@@ -117,3 +128,57 @@ def plan_of(dataset: Any) -> DtypePlan | None:
             raise ValueError(f"The splits carry different plans: {found}; compact them with one plan.")
         return next(iter(plans.values()), None)
     return plan_of_features(getattr(dataset, "features", None))
+
+
+def batchable(schema: pa.Schema) -> dict[str, int]:
+    """The list depth of every column of numbers (0) or lists of numbers (1, 2, ...)."""
+    return {field.name: list_depth(field.type) for field in schema if arrow_leaf_dtype(field.type) is not None}
+
+
+def batch_plan(schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> tuple[DtypePlan, list[str]]:
+    """The plan a loader serves (unplanned columns added as stored) and the columns it batches, checked.
+
+    By default every column of numbers or lists of numbers that the dataset (of ``schema``) holds,
+    planned or not (a plan that names some columns does not drop the others: the model still gets its
+    ``attention_mask``), and every derived column whose source it holds; other columns (text,
+    lists of lists) are left out, which the log says.
+    """
+    depth = batchable(schema)
+    unplanned = {name: unplanned_entry(name, arrow_leaf_dtype(schema.field(name).type) or "int64", d)
+                 for name, d in depth.items() if name not in plan and d in (0, 1)}
+    plan = (plan | unplanned).resolve([name for name, d in depth.items() if d == 1], check=True, present=schema.names)
+    derived = {name: entry for name, entry in plan.derived.items() if name not in schema.names}
+    if columns is None:
+        chosen = [name for name in plan if name in schema.names or (name in derived and derived[name].lengths_from in schema.names)]
+        left_out = [name for name in schema.names if name not in chosen]
+        if left_out:
+            logger.info("Columns %s are not batched: only numbers and lists of numbers are (name the columns with columns=).",
+                        left_out)
+    else:
+        chosen = [columns] if isinstance(columns, str) else list(columns)
+        unknown = [name for name in chosen if name not in schema.names and name not in derived]
+        if unknown:
+            raise ValueError(f"Unknown column(s) {unknown}: expected columns of the dataset {schema.names} "
+                             f"or derived columns of the plan {sorted(derived)}.")
+    entries = dict(plan.columns)
+    for name in chosen:
+        if name in derived:
+            source = derived[name].lengths_from
+            if source is None or depth.get(source) != 1:
+                what = "which the dataset does not have" if source not in schema.names else "which is not a list column"
+                raise ValueError(f"Derived column {name!r} takes its row lengths from {source!r}, {what}.")
+        elif depth.get(name) not in (0, 1):
+            what = "lists of lists" if name in depth else f"{schema.field(name).type} values"
+            hint = "" if columns is not None else "; leave it out with columns=[...]"
+            raise ValueError(f"Column {name!r} holds {what}; only numbers and lists of numbers can be batched{hint}.")
+        elif name not in entries:
+            storage = arrow_leaf_dtype(schema.field(name).type)
+            assert storage is not None  # batchable keeps columns of numbers and lists of numbers only
+            entries[name] = unplanned_entry(name, storage, depth[name])
+    return DtypePlan(entries), chosen
+
+
+def unplanned_entry(name: str, storage: str, depth: int) -> ColumnDtype:
+    """A column the plan does not name, as stored; a list column of labels pads with -100, as the collators pad it."""
+    entry = ColumnDtype(storage=storage)
+    return entry.for_labels() if depth == 1 and name in ("labels", *LABEL_ALIASES) and not is_float(storage) else entry
