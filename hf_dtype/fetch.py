@@ -198,33 +198,41 @@ class EpochBatch(list):
         self.epoch = epoch
 
 
-def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int,
+                   batch_order: torch.Generator | None = None) -> np.ndarray:
     """``order`` with rows of similar ``lengths`` side by side: ``transformers``' ``get_length_grouped_indices`` on it.
 
     Cut into mega-batches of ``min(50, len // (4 * batch_size))`` batches (at least one), each sorted
     longest first (stable); the longest row then swaps into the first place, so that a batch too
-    large for memory comes first.
+    large for memory comes first. With ``batch_order``, a generator, the full batches after the first
+    are then put in the order of a permutation drawn from it (a last, short batch stays last).
     """
     mega = max(1, min(len(order) // (batch_size * 4), 50)) * batch_size
     grouped = order[np.lexsort((-lengths[order], np.arange(len(order)) // mega))]
     if len(grouped):
         longest = int(np.argmax(lengths[grouped[::mega]])) * mega
         grouped[[0, longest]] = grouped[[longest, 0]]
+    full = len(grouped) // batch_size
+    if batch_order is not None and full > 2:
+        batches = grouped[:full * batch_size].reshape(full, batch_size)
+        dealt = np.concatenate([[0], 1 + torch.randperm(full - 1, generator=batch_order).numpy()])
+        grouped[:full * batch_size] = batches[dealt].ravel()
     return grouped
 
 
 class EpochSampler(Sampler[int]):
     """Row indices ``0..size-1``, in order or in the permutation of ``seed + epoch``; each pass advances the epoch.
 
-    With ``lengths`` (one per row) and ``batch_size``, each order is then grouped by length (``length_grouped``).
+    With ``lengths`` (one per row) and ``batch_size``, each order is then grouped by length (``length_grouped``), its
+    batches put in a random order of the same epoch too with ``shuffle_batches`` (when shuffling).
     """
 
     def __init__(self, size: int, *, shuffle: bool = False, seed: int = 0, lengths: np.ndarray | None = None,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, shuffle_batches: bool = False) -> None:
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
-        self.lengths, self.batch_size = lengths, batch_size
+        self.lengths, self.batch_size, self.shuffle_batches = lengths, batch_size, shuffle_batches
         self.epoch = 0  # the epoch of the next pass
         self.current: int | None = None  # the epoch of the pass under way (its batches not all handed out yet)
 
@@ -235,11 +243,14 @@ class EpochSampler(Sampler[int]):
     def order(self, epoch: int) -> np.ndarray:
         """The row order of ``epoch``; int32 where it fits, so a large epoch's order takes half the memory."""
         dtype = torch.int32 if self.size <= np.iinfo(np.int32).max else torch.int64
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         if not self.shuffle:
             order = torch.arange(self.size, dtype=dtype).numpy()
         else:
-            order = torch.randperm(self.size, dtype=dtype, generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
-        return order if self.lengths is None else length_grouped(order, self.lengths, self.batch_size)
+            order = torch.randperm(self.size, dtype=dtype, generator=generator).numpy()
+        if self.lengths is None:
+            return order
+        return length_grouped(order, self.lengths, self.batch_size, generator if self.shuffle and self.shuffle_batches else None)
 
     def start_pass(self) -> np.ndarray:
         """The order of the pass that starts now; the epoch then advances by one."""

@@ -53,6 +53,7 @@ class Layout:
     seed: int = 0
     unit = "rows"  # what a batch_size counts, and what a map-style loader's indices name: dataset rows, or blocks
     group_by_length = False
+    shuffle_batches = False  # with group_by_length: the grouped batches dealt out in a random order
     length_column: str | None = None  # bound with group_by_length: the list column whose row lengths order the rows
 
     def bind(self: _L, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None, widen: str, seed: int = 0) -> _L:
@@ -98,23 +99,32 @@ class Padded(Layout):
             ``train_sampling_strategy="group_by_length"`` does (a map-style loader's order: cut into
             mega-batches of 50 batches, each sorted longest first; the longest row's batch first), so
             batches carry less padding. The lengths are those of ``input_ids`` (else the first list column).
+        shuffle_batches: with ``group_by_length`` and a shuffled loader, deal each epoch's batches out in
+            the order of its permutation (the longest row's batch still first), as bucketing samplers do.
+            ``Trainer``'s order runs from long to short rows 50 batches at a time, so where the label
+            depends on the length, consecutive batches share their labels: a sentiment classifier fed
+            that way learns nothing for hundreds of steps (``docs/guides/batches.md``).
     """
 
     def __init__(self, pad_to_multiple_of: int | None = None, max_length: int | None = None, padding_side: str = "right",
-                 group_by_length: bool = False) -> None:
+                 group_by_length: bool = False, shuffle_batches: bool = False) -> None:
         check_count("pad_to_multiple_of", pad_to_multiple_of, optional=True)
         check_count("max_length", max_length, optional=True)
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}; got {padding_side!r}.")
-        if not isinstance(group_by_length, bool):
-            raise ValueError(f"group_by_length must be True or False; got {group_by_length!r}.")
+        for name, value in (("group_by_length", group_by_length), ("shuffle_batches", shuffle_batches)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}.")
+        if shuffle_batches and not group_by_length:
+            raise ValueError("shuffle_batches reorders the batches of group_by_length: give hd.Padded(group_by_length=True, "
+                             "shuffle_batches=True) (without grouping, a shuffled loader's batches are in random order already).")
         self.pad_to_multiple_of, self.max_length, self.padding_side = pad_to_multiple_of, max_length, padding_side
-        self.group_by_length = group_by_length
+        self.group_by_length, self.shuffle_batches = group_by_length, shuffle_batches
         self.widen = "cpu"
 
     def _options(self) -> dict[str, Any]:
         return {"pad_to_multiple_of": self.pad_to_multiple_of, "max_length": self.max_length, "padding_side": self.padding_side,
-                "group_by_length": self.group_by_length}
+                "group_by_length": self.group_by_length, "shuffle_batches": self.shuffle_batches}
 
     def width(self, lengths: np.ndarray) -> int:
         """The padded width of rows of ``lengths``: the longest (or ``max_length``), rounded up to ``pad_to_multiple_of``."""
@@ -287,7 +297,7 @@ class MaskedLM(Layout):
         if mask_replace_prob + random_replace_prob > 1:
             raise ValueError(f"mask_replace_prob + random_replace_prob must be at most 1; got {mask_replace_prob + random_replace_prob}.")
         self.layout, self.mask_token_id, self.vocab_size = layout, int(mask_token_id), int(vocab_size)
-        self.group_by_length = layout.group_by_length
+        self.group_by_length, self.shuffle_batches = layout.group_by_length, layout.shuffle_batches
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         self.mlm_probability, self.mask_replace_prob, self.random_replace_prob = mlm_probability, mask_replace_prob, random_replace_prob
         self.widen, self.seed = "cpu", 0

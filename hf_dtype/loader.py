@@ -228,7 +228,8 @@ def dataloader(
         fetcher = BatchFetcher(dataset, layout)
         lengths = fetcher.row_lengths(layout.length_column) if layout.length_column is not None else None
     dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
-    sampler = EpochSampler(len(fetcher), shuffle=bool(shuffle), seed=int(seed), lengths=lengths, batch_size=batch_size)
+    sampler = EpochSampler(len(fetcher), shuffle=bool(shuffle), seed=int(seed), lengths=lengths, batch_size=batch_size,
+                           shuffle_batches=layout.shuffle_batches)
     return ArrowDataLoader(
         fetcher,
         batch_sampler=EpochBatchSampler(sampler, batch_size, drop_last),

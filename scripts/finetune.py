@@ -194,8 +194,9 @@ def hf_dtype_dataloaders(args: argparse.Namespace, data: PreparedData) -> Datalo
 
 def train_layout(args: argparse.Namespace) -> hd.Padded:
     """The train batches' layout: padded to a multiple of ``--pad_to_multiple_of``, rows of like length together with
-    ``--group_by_length``."""
-    return hd.Padded(pad_to_multiple_of=args.pad_to_multiple_of, group_by_length=args.group_by_length)
+    ``--group_by_length``, those batches dealt out at random unless ``--grouped_batch_order longest_first``."""
+    return hd.Padded(pad_to_multiple_of=args.pad_to_multiple_of, group_by_length=args.group_by_length,
+                     shuffle_batches=args.group_by_length and args.grouped_batch_order == "shuffled")
 
 
 def complete_plan(plan: hd.DtypePlan, tokenized: datasets.DatasetDict, tokenizer: Any) -> hd.DtypePlan:
@@ -444,6 +445,7 @@ def run_metrics(args: argparse.Namespace, accelerator: Accelerator, model: torch
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
         "ner_decoding": args.ner_decoding if args.task == "ner" else None, "loss_weighting": args.loss_weighting,
+        "grouped_batch_order": args.grouped_batch_order if args.group_by_length else None,
         "plan_option": args.plan, "widen": args.widen if loaders.plan is not None else None,
         "plan": loaders.plan.to_dict() if loaders.plan is not None else None,
         "labels": data.labels.names, "rows": {split: len(part) for split, part in data.tokenized.items()},
@@ -799,6 +801,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                             "epochs or --max_train_steps, so set both.")
     model.add_argument("--group_by_length", action="store_true",
                        help="Batch rows of similar length together (Trainer's group_by_length): less padding, faster epochs.")
+    model.add_argument("--grouped_batch_order", choices=["shuffled", "longest_first"], default="shuffled",
+                       help="With --group_by_length: 'shuffled' deals the batches out in a random order of each epoch; "
+                            "'longest_first' is Trainer's (long to short rows, 50 batches at a time), with which consecutive "
+                            "batches share their labels where the label follows the length (a sentiment classifier then does "
+                            "not learn).")
     model.add_argument("--loss_weighting", choices=["batch", "token"],
                        help="NER: 'batch' is the model's loss, the mean over each batch's labelled tokens, so that every batch "
                             "weighs the same; 'token' makes every labelled token weigh the same in every batch (the batch's sum "

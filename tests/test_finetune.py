@@ -124,6 +124,9 @@ def test_group_by_length_eval_steps_plots_and_a_time_limit(tiny_model_dir, ner_f
     assert grouped["loss_weighting"] == default["loss_weighting"] == "token" and plain["loss_weighting"] == "batch"
     per_batch = run([*argv, "--loss_weighting", "batch", "--output_dir", str(tmp_path / "per_batch")])
     assert per_batch["step_losses"] != grouped["step_losses"]
+    trainers = run([*argv, "--grouped_batch_order", "longest_first", "--output_dir", str(tmp_path / "trainers")])
+    assert grouped["grouped_batch_order"] == "shuffled" and trainers["grouped_batch_order"] == "longest_first"
+    assert trainers["step_losses"] != grouped["step_losses"] and plain["grouped_batch_order"] is None
     evaluations = grouped["evaluations"]
     assert [entry["step"] for entry in evaluations] == [2, 4, 5, 6, 8, 10]  # every 2 steps, and each epoch's end (5 steps)
     minutes = [entry["train_minutes"] for entry in evaluations]

@@ -70,9 +70,43 @@ def test_the_state_resumes_the_grouped_order(rows):
     assert _row_numbers(again) == second != first
 
 
+def test_shuffle_batches_deals_the_same_batches_in_a_random_order_of_each_epoch(rows):
+    trainers = hd.dataloader(rows, 16, shuffle=True, seed=3, layout=hd.Padded(group_by_length=True))
+    dealt = hd.dataloader(rows, 16, shuffle=True, seed=3, layout=hd.Padded(group_by_length=True, shuffle_batches=True))
+    epochs = []
+    for _ in range(2):
+        expected, seen = _row_numbers(trainers), _row_numbers(dealt)
+        assert seen[0] == expected[0] and seen[-1] == expected[-1]  # the longest row's batch first, the short one last
+        assert sorted(map(tuple, seen)) == sorted(map(tuple, expected)) and seen != expected  # the same batches, reordered
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]
+    again = hd.dataloader(rows, 16, shuffle=True, seed=3, layout=hd.Padded(group_by_length=True, shuffle_batches=True))
+    assert _row_numbers(again) == epochs[0]  # a seed and an epoch give one order
+    in_order = hd.dataloader(rows, 16, layout=hd.Padded(group_by_length=True, shuffle_batches=True))
+    assert _order(in_order) == length_grouped(np.arange(len(rows)), LENGTHS, 16).tolist()  # not shuffling: nothing dealt
+
+
+def test_shuffle_batches_breaks_the_run_of_labels_that_follow_the_length():
+    """Where the label follows the length (longer reviews are more often positive), Trainer's long-to-short order gives
+    consecutive batches the same labels; dealt out at random they are independent."""
+    lengths = np.random.default_rng(1).integers(2, 200, 4000)
+    rows = hd.compact(datasets.Dataset.from_dict({"input_ids": [[1] * int(n) for n in lengths],
+                                                  "label": (lengths > np.median(lengths)).astype(int).tolist()}), vocab_size=8)
+
+    def lag_one(shuffle_batches: bool) -> float:
+        layout = hd.Padded(group_by_length=True, shuffle_batches=shuffle_batches)
+        share = np.array([batch["labels"].float().mean().item() for batch in hd.dataloader(rows, 32, shuffle=True, layout=layout)])
+        centred = share - share.mean()
+        return float(np.sum(centred[1:] * centred[:-1]) / np.sum(centred * centred))
+
+    assert lag_one(False) > 0.6 and abs(lag_one(True)) < 0.2
+
+
 def test_bad_uses_are_clear_errors(rows):
     with pytest.raises(ValueError, match="group_by_length must be True or False"):
         hd.Padded(group_by_length="yes")
+    with pytest.raises(ValueError, match="shuffle_batches reorders the batches of group_by_length"):
+        hd.Padded(shuffle_batches=True)
     with pytest.raises(ValueError, match="group_by_length orders rows by the length of a list column"):
         hd.dataloader(rows, 4, columns=["label"], layout=hd.Padded(group_by_length=True))
     with pytest.raises(ValueError, match="a stream's order is the one its rows arrive in"):
