@@ -113,12 +113,13 @@ def test_bad_uses_are_clear_errors(rows):
         hd.dataloader(rows.to_iterable_dataset(), 4, layout=hd.Padded(group_by_length=True))
 
 
-def _trainer(rows, tmp_path, strategy: str) -> hd.DtypeTrainer:
+def _trainer(rows, tmp_path, strategy: str, **dataloader_options) -> hd.DtypeTrainer:
     config = BertConfig(vocab_size=1000, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
                         max_position_embeddings=128, num_labels=2)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, report_to=[], use_cpu=True, seed=7,
                              train_sampling_strategy=strategy)
-    return hd.DtypeTrainer(model=BertForSequenceClassification(config), args=args, train_dataset=rows)
+    return hd.DtypeTrainer(model=BertForSequenceClassification(config), args=args, train_dataset=rows,
+                           dataloader_options=dataloader_options)
 
 
 def test_dtype_trainer_follows_train_sampling_strategy(rows, tmp_path):
@@ -129,3 +130,11 @@ def test_dtype_trainer_follows_train_sampling_strategy(rows, tmp_path):
     assert _order(sequential) == list(range(len(rows)))
     with pytest.raises(ValueError, match="'random', 'sequential' or 'group_by_length'; got 'batch_rebalance'"):
         _trainer(rows, tmp_path, "batch_rebalance").get_train_dataloader()
+
+
+def test_dtype_trainer_deals_the_grouped_batches_at_random_when_asked(rows, tmp_path):
+    trainers = _order(_trainer(rows, tmp_path, "group_by_length").get_train_dataloader())
+    layout = hd.Padded(group_by_length=True, shuffle_batches=True)
+    dealt = _row_numbers(_trainer(rows, tmp_path, "group_by_length", layout=layout).get_train_dataloader())
+    assert sorted(row for batch in dealt for row in batch) == sorted(trainers) and [row for batch in dealt for row in batch] != trainers
+    assert dealt[0] == trainers[:16]  # the longest row's batch first
