@@ -203,7 +203,8 @@ class DtypePlan(Mapping[str, ColumnDtype]):
             plan = DtypePlan({name: ColumnDtype(**{**entry.to_dict(), "lengths_from": default})
                               if entry.derived is not None and entry.lengths_from is None else entry
                               for name, entry in self.columns.items()})
-        missing = [name for name in plan.unresolved() if name not in set(present)] if check else []
+        held = set(present)
+        missing = [name for name in plan.unresolved() if name not in held] if check else []
         if missing:
             raise ValueError(f"Derived column(s) {missing} have no list column to take their row lengths from: expected a list "
                              f"column of numbers in the plan (input_ids, by default), or lengths_from= naming one.")
