@@ -8,8 +8,9 @@ Arrow buffers (``dataloader``, ``PaddingCollator``).
 from .compact import compact
 from .dtypes import LossyCastError
 from .infer import infer_plan
-from .layouts import Blocks, Flat, MaskedLM, Padded
+from .layouts import Blocks, Flat, Padded
 from .loader import dataloader
+from .masking import MaskedLM
 from .plan import ColumnDtype, DtypePlan
 from .recording import plan_of
 from .serving import DtypeTransform, PaddingCollator

@@ -27,7 +27,8 @@ from datasets import Dataset
 from torch.utils.data import BatchSampler, Sampler
 
 from ._compat import accelerate_loaders, indices_mapping, process_rank
-from .layouts import Blocks, Layout, MaskedLM, Padded
+from .layouts import Blocks, Layout, Padded
+from .masking import MaskedLM
 from .packing import BlockIndex
 from .plan import DtypePlan
 from .ragged import ArrowColumn, Rows, row_lengths

@@ -4,7 +4,8 @@ A layout is made by the user with its options (``hd.Blocks(1024, separator_id=0)
 once, and bound by a loader to a dataset's columns and plan (``bind``): the bound layout knows the
 plan of what it serves and the stored columns to read, and turns the rows read into a batch. The
 map-style loader, the stream loader and ``PaddingCollator`` all use the same objects, so a new
-layout is one new class here. The argument names are ``transformers``' where it has them
+layout is one new subclass of ``Layout`` (``MaskedLM``, in ``masking.py``, wraps ``Blocks`` or
+``Padded``). The argument names are ``transformers``' where it has them
 (``pad_to_multiple_of``, ``max_length``, ``padding_side``, ``separator_id``, ``return_flash_attn_kwargs``).
 """
 
@@ -19,14 +20,13 @@ import pyarrow as pa
 import torch
 
 from .batching import PADDING_SIDES, assemble
-from .dtypes import dtype_name, integer_range, widen_batch
-from .masking import mask_tokens
+from .dtypes import dtype_name
 from .packing import BlockIndex, check_separator, cut_blocks, flatten_rows, packed_plan
 from .plan import DtypePlan
 from .ragged import RowNames, Rows, list_depth
 from .recording import batch_plan, batchable, unplanned_entry
 
-__all__ = ["Blocks", "Flat", "Layout", "MaskedLM", "Padded", "check_count"]
+__all__ = ["Blocks", "Flat", "Layout", "Padded", "check_count"]
 
 
 _L = TypeVar("_L", bound="Layout")
@@ -261,99 +261,3 @@ class Flat(_Packed):
     def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any] | RowNames) -> dict[str, Any]:
         return flatten_rows(columns, self.plan, token=self.token, labels=self.labels, widen=self.widen,
                             flash_attn_kwargs=self.return_flash_attn_kwargs, rows=rows)
-
-
-class MaskedLM(Layout):
-    """Masked-LM batches: ``DataCollatorForLanguageModeling``'s, over the blocks or padded rows of ``layout``.
-
-    Of the tokens that are neither special nor padding, ``mlm_probability`` are chosen; of those
-    ``mask_replace_prob`` become ``mask_token_id``, ``random_replace_prob`` a random token of
-    ``[0, vocab_size)``, the rest stay; ``labels`` hold the chosen tokens' ids and -100 elsewhere. The
-    draws are a hash of (the loader's seed, the epoch, the row or block, the position): a resumed run
-    and any number of processes or workers see the masks of the uninterrupted run (``masking.py``).
-
-    Args:
-        layout: ``hd.Blocks(block_size)`` (``run_mlm.py``'s grouped texts) or ``hd.Padded(...)`` (its ``line_by_line``).
-        mask_token_id, vocab_size: the tokenizer's ``mask_token_id`` and ``len(tokenizer)``.
-        special_token_ids: ids never chosen (the tokenizer's ``all_special_ids``); the pad id is added.
-        mlm_probability, mask_replace_prob, random_replace_prob: as in ``DataCollatorForLanguageModeling``.
-    """
-
-    def __init__(self, layout: Blocks | Padded, *, mask_token_id: int, vocab_size: int, special_token_ids: Sequence[int] = (),
-                 mlm_probability: float = 0.15, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1) -> None:
-        if not isinstance(layout, (Blocks, Padded)):
-            raise ValueError(f"MaskedLM masks hd.Blocks(...) or hd.Padded(...) batches; got {layout!r}.")
-        if isinstance(layout, Padded) and layout.padding_side != "right":
-            raise ValueError("MaskedLM pads on the right: give hd.Padded(padding_side='right').")
-        if isinstance(layout, Blocks) and layout.label_column not in (None, "labels"):
-            raise ValueError("MaskedLM makes the labels itself: give hd.Blocks(..., label_column=None).")
-        check_count("vocab_size", vocab_size)
-        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, (int, np.integer)) or not 0 <= mask_token_id < vocab_size:
-            raise ValueError(f"mask_token_id must be a token id below vocab_size {vocab_size}; got {mask_token_id!r}.")
-        for name, value in (("mlm_probability", mlm_probability), ("mask_replace_prob", mask_replace_prob),
-                            ("random_replace_prob", random_replace_prob)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1]; got {value!r}.")
-        if mask_replace_prob + random_replace_prob > 1:
-            raise ValueError(f"mask_replace_prob + random_replace_prob must be at most 1; got {mask_replace_prob + random_replace_prob}.")
-        self.layout, self.mask_token_id, self.vocab_size = layout, int(mask_token_id), int(vocab_size)
-        self.group_by_length, self.shuffle_batches = layout.group_by_length, layout.shuffle_batches
-        self.special_token_ids = tuple(int(i) for i in special_token_ids)
-        self.mlm_probability, self.mask_replace_prob, self.random_replace_prob = mlm_probability, mask_replace_prob, random_replace_prob
-        self.widen, self.seed = "cpu", 0
-
-    def _options(self) -> dict[str, Any]:
-        return {"layout": self.layout, "mask_token_id": self.mask_token_id, "vocab_size": self.vocab_size,
-                "special_token_ids": self.special_token_ids, "mlm_probability": self.mlm_probability,
-                "mask_replace_prob": self.mask_replace_prob, "random_replace_prob": self.random_replace_prob}
-
-    def _bind(self, schema: pa.Schema, plan: DtypePlan, columns: Sequence[str] | str | None) -> None:
-        inner = self.layout
-        if isinstance(inner, Blocks):
-            inner = Blocks(**{**inner._options(), "label_column": None})
-        self.inner = inner.bind(schema, plan, columns, "device", self.seed)  # masked in storage dtypes, served after
-        self.read = self.inner.read
-        token = self.inner.token if isinstance(self.inner, Blocks) else "input_ids"
-        if token not in self.inner.plan:
-            raise ValueError(f"MaskedLM needs a column of token ids {token!r}; the batches have {sorted(self.inner.plan)}.")
-        entry = self.inner.plan[token]
-        low, high = integer_range(entry.storage)
-        if self.vocab_size - 1 > high:
-            raise ValueError(f"vocab_size {self.vocab_size} does not fit {token!r}'s storage dtype {entry.storage} (it holds [{low}, "
-                             f"{high}]): the random tokens could not be stored; compact with vocab_size= so the plan holds every id.")
-        self.token, self.unit, self.labels = token, self.inner.unit, None
-        self.block_size = getattr(self.inner, "block_size", None)
-        self.length_column = self.inner.length_column
-        self.plan = self.inner.plan | {"labels": entry.for_labels()}
-        self.special = np.array(sorted({*self.special_token_ids, int(entry.pad_value)}), dtype=np.int64)
-
-    def _mask(self, batch: dict[str, Any], items: np.ndarray, epoch: int) -> dict[str, Any]:
-        """``batch`` (storage dtypes) masked: its token ids changed in place, its labels the chosen tokens' ids."""
-        ids = batch[self.token].numpy()  # a new array of this batch: masked in place
-        original = ids.copy()
-        maskable = ~np.isin(ids, self.special)
-        if "attention_mask" in batch:
-            maskable &= batch["attention_mask"].numpy().astype(bool)
-        chosen = mask_tokens(ids, maskable, items, np.arange(ids.shape[1]), seed=self.seed, epoch=epoch,
-                             mlm_probability=self.mlm_probability, mask_replace_prob=self.mask_replace_prob,
-                             random_replace_prob=self.random_replace_prob, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size)
-        labels = np.full(ids.shape, -100, dtype=np.dtype(self.plan["labels"].storage))
-        labels[chosen] = original[chosen]
-        batch["labels"] = torch.from_numpy(labels)
-        return batch if self.widen == "device" else widen_batch(self.plan, batch)
-
-    def __call__(self, columns: Mapping[str, Rows], rows: Sequence[Any] | RowNames) -> dict[str, Any]:
-        batch = self.inner(columns, rows)
-        indices = cast("Sequence[int]", rows)  # dataset row indices: MaskedLM takes no stream, PaddingCollator takes Padded only
-        return self._mask(batch, np.asarray(indices, dtype=np.int64), getattr(rows, "epoch", 0))
-
-    def index(self, lengths: np.ndarray, *, grouped: bool = True) -> BlockIndex:
-        inner = self.inner
-        assert isinstance(inner, Blocks)  # called when unit == "blocks"
-        return inner.index(lengths, grouped=grouped)
-
-    def cut(self, index: BlockIndex, blocks: np.ndarray, columns: Mapping[str, Rows], epoch: int = 0) -> dict[str, torch.Tensor]:
-        inner = self.inner
-        assert isinstance(inner, Blocks)  # called when unit == "blocks"
-        batch = inner.cut(index, blocks, columns)
-        return self._mask(batch, np.asarray(blocks, dtype=np.int64), epoch)

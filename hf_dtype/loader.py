@@ -35,7 +35,8 @@ from ._compat import SelfPrepared, accelerate_device, process_rank
 from .batching import WIDEN_MODES
 from .convert import Batch
 from .fetch import BatchFetcher, BlockFetcher, EpochBatchSampler, EpochSampler
-from .layouts import Blocks, Layout, MaskedLM, Padded, check_count
+from .layouts import Blocks, Layout, Padded, check_count
+from .masking import MaskedLM
 from .plan import DtypePlan
 from .recording import require_plan
 from .streams import StreamBatches, StreamDataLoader, split_stream

@@ -408,7 +408,8 @@ def build_masked_lm(args: argparse.Namespace, tokenizer: Any) -> transformers.Pr
                                                num_attention_heads=args.n_head, intermediate_size=3 * args.n_embd // 2,
                                                max_position_embeddings=context_length(args), attention_dropout=args.dropout,
                                                embedding_dropout=args.dropout, mlp_dropout=args.dropout,
-                                               bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **special)
+                                               bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                                               sparse_prediction=True, **special)  # the head on masked tokens only: same loss
     return transformers.AutoModelForMaskedLM.from_config(config)
 
 

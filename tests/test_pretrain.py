@@ -286,16 +286,28 @@ def test_masked_lm_resume_equals_the_uninterrupted_run(tmp_path):
 
 def test_masked_lm_run_mlm_data_path_and_modernbert(tmp_path):
     """--plan datasets-default: run_mlm.py's group_texts + DataCollatorForLanguageModeling (int64 blocks of every column),
-    validated on the same masked blocks; --model_type modernbert trains too, its tokenizer without token_type_ids."""
-    from transformers import AutoConfig, AutoTokenizer
+    validated on the same masked blocks; --model_type modernbert trains too, its tokenizer without token_type_ids, its head
+    on the masked tokens only (sparse_prediction), and loads for token classification (finetune.py)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForTokenClassification, AutoTokenizer
 
     default = _run_mlm(tmp_path / "default", "--plan", "datasets-default", "--max_train_steps", "4", "--sample_tokens", "0")
     assert len(default["step_losses"]) == 4 and 7.0 < default["validation_loss"] < 8.0
     assert default["plan"] is None and default["bytes_per_stored_token"] > 6  # int32 ids, int8 masks and types, against 2 compact
     modern = _run_mlm(tmp_path / "modern", "--model_type", "modernbert", "--max_train_steps", "4", "--sample_tokens", "0")
     assert modern["model_type"] == "modernbert" and 7.0 < modern["validation_loss"] < 8.0
-    assert AutoConfig.from_pretrained(tmp_path / "modern").model_type == "modernbert"
+    config = AutoConfig.from_pretrained(tmp_path / "modern")
+    assert config.model_type == "modernbert" and config.sparse_prediction
     assert "token_type_ids" not in AutoTokenizer.from_pretrained(tmp_path / "modern")("中文")
+    tagger = AutoModelForTokenClassification.from_pretrained(tmp_path / "modern", num_labels=7)
+    assert type(tagger).__name__ == "ModernBertForTokenClassification"
+
+    sparse = AutoModelForMaskedLM.from_pretrained(tmp_path / "modern").eval()  # the head on masked tokens only: the same loss
+    dense = AutoModelForMaskedLM.from_pretrained(tmp_path / "modern", sparse_prediction=False).eval()
+    ids = torch.randint(5, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.3, ids, -100)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(input_ids=ids, labels=labels).loss, dense(input_ids=ids, labels=labels).loss)
 
 
 @pytest.mark.parametrize(("extra", "match"), [
