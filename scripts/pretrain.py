@@ -122,7 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--block_size", type=int, default=64,
                        help="Tokens per block (clm: and the model's context; mlm: the context is at least 512 positions, BERT's, "
                             "so that finetune.py's --max_length up to 512 fits).")
-    model.add_argument("--dropout", type=float, default=None, help="Dropout. Default: 0.0 for clm (nanoGPT's), 0.1 for mlm (BERT's).")
+    model.add_argument("--dropout", type=float, default=None, help="Dropout. Default: each model's own: 0.1 for bert, 0.0 for modernbert "
+                                                                           "and for clm (nanoGPT's).")
     train = parser.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=12,
                        help="Blocks (or lines, with --packing flat) per batch and process.")
@@ -188,7 +189,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if not 0 < args.mlm_probability < 1:
         raise InputError(f"--mlm_probability must lie in (0, 1); got {args.mlm_probability}.")
     if args.dropout is None:
-        args.dropout = 0.1 if masked else 0.0
+        args.dropout = 0.1 if args.model_type == "bert" else 0.0
     return args
 
 

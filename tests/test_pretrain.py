@@ -209,6 +209,13 @@ def test_help_shows_the_defaults_and_the_committed_corpus():
     assert "committed tiny Shakespeare" in text and "--max_train_steps MAX_TRAIN_STEPS Optimizer steps. (default: 2000)" in text
 
 
+@pytest.mark.parametrize(("extra", "dropout"), [([], 0.0), (["--objective", "mlm"], 0.1),
+                                              (["--objective", "mlm", "--model_type", "modernbert"], 0.0)])
+def test_dropout_defaults_to_each_models_own(extra, dropout):
+    """nanoGPT trains without dropout, BERT's config has 0.1, ModernBERT's 0.0."""
+    assert pretrain.check_args(pretrain.parse_args(extra)).dropout == dropout
+
+
 # --------------------------------------------------------------------------------------------- masked LM (--objective mlm)
 
 
