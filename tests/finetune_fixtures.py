@@ -97,6 +97,17 @@ def char_bert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def char_modernbert_dir(tmp_path_factory) -> Path:
+    """The same with ``--model_type modernbert``: the Chinese recipe's encoder."""
+    import pretrain
+
+    folder = tmp_path_factory.mktemp("char_modernbert")
+    reset_accelerate()
+    pretrain.run(pretrain.parse_args(mlm_argv(folder, "--max_train_steps", "6", "--model_type", "modernbert")))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def ner_files(tmp_path_factory) -> dict[str, Path]:
     """40 train, 20 validation and 16 test sentences of the committed CoNLL-2003 sample (JSON Lines, string tags)."""
     folder = tmp_path_factory.mktemp("ner_data")

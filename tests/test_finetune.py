@@ -39,7 +39,7 @@ import study_support  # noqa: E402
 from finetune_data import CONLL_LABELS, InputError, label_space, tokenize_datasets  # noqa: E402
 # isort: on
 
-pytest_plugins = ["finetune_fixtures"]  # tiny_model_dir, char_bert_dir, ner_files, classification_files
+pytest_plugins = ["finetune_fixtures"]  # tiny_model_dir, char_bert_dir, char_modernbert_dir, ner_files, classification_files
 
 SCRIPT = str(SCRIPTS / "finetune.py")
 
@@ -248,11 +248,13 @@ def test_local_dataset_folder_through_load_dataset(tiny_model_dir, ner_files, tm
 PEOPLES_DAILY_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
 
-def test_ner_with_the_char_bert_from_pretrain_on_a_hub_layout_folder(char_bert_dir, tmp_path, capsys):
+@pytest.mark.parametrize("encoder", ["char_bert_dir", "char_modernbert_dir"])
+def test_ner_with_the_char_encoder_from_pretrain_on_a_hub_layout_folder(encoder, request, tmp_path, capsys):
     """`finetune.py --model_name_or_path <pretrain.py --objective mlm output> --dataset_name <Parquet folder>`, no other
-    option: the label names are the ClassLabel's, every character is one token (so one prediction a character), no [UNK]."""
-    out = tmp_path / "ner"
-    metrics = run(["--model_name_or_path", str(char_bert_dir), "--dataset_name", str(PEOPLES_DAILY), "--output_dir", str(out),
+    option, for a BERT and a ModernBERT: the label names are the ClassLabel's, every character is one token (so one
+    prediction a character), no [UNK]."""
+    out, model = tmp_path / "ner", request.getfixturevalue(encoder)
+    metrics = run(["--model_name_or_path", str(model), "--dataset_name", str(PEOPLES_DAILY), "--output_dir", str(out),
                    "--max_length", "256", "--max_train_steps", "3", "--per_device_eval_batch_size", "64"])
     assert metrics["labels"] == PEOPLES_DAILY_TAGS
     assert metrics["rows"] == {"train": 200, "validation": 50, "test": 50}
@@ -269,10 +271,11 @@ def test_ner_with_the_char_bert_from_pretrain_on_a_hub_layout_folder(char_bert_d
         assert all(not tag.startswith("I-") or before[2:] == tag[2:] for before, tag in zip(["O", *row[:-1]], row, strict=True)), row
 
 
-def test_classification_with_the_char_bert_on_a_hub_layout_folder(char_bert_dir, tmp_path):
+@pytest.mark.parametrize("encoder", ["char_bert_dir", "char_modernbert_dir"])
+def test_classification_with_the_char_encoder_on_a_hub_layout_folder(encoder, request, tmp_path):
     """Shopping reviews (text + ClassLabel negative/positive): accuracy in metrics.json, the label names the ClassLabel's."""
-    out = tmp_path / "reviews"
-    metrics = run(["--task", "classification", "--model_name_or_path", str(char_bert_dir), "--dataset_name", str(SHOPPING_REVIEWS),
+    out, model = tmp_path / "reviews", request.getfixturevalue(encoder)
+    metrics = run(["--task", "classification", "--model_name_or_path", str(model), "--dataset_name", str(SHOPPING_REVIEWS),
                    "--output_dir", str(out), "--max_length", "64", "--max_train_steps", "3"])
     assert metrics["labels"] == ["negative", "positive"]
     saved = json.loads((out / "metrics.json").read_text())
