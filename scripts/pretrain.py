@@ -122,8 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--block_size", type=int, default=64,
                        help="Tokens per block (clm: and the model's context; mlm: the context is at least 512 positions, BERT's, "
                             "so that finetune.py's --max_length up to 512 fits).")
-    model.add_argument("--dropout", type=float, default=None, help="Dropout. Default: each model's own: 0.1 for bert, 0.0 for modernbert "
-                                                                           "and for clm (nanoGPT's).")
+    model.add_argument("--dropout", type=float, default=None,
+                       help="Dropout. Default: each model's own: 0.1 for bert, 0.0 for modernbert and for clm (nanoGPT's).")
     train = parser.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=12,
                        help="Blocks (or lines, with --packing flat) per batch and process.")
