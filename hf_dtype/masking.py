@@ -69,7 +69,7 @@ class MaskedLM(Layout):
     ``mask_replace_prob`` become ``mask_token_id``, ``random_replace_prob`` a random token of
     ``[0, vocab_size)``, the rest stay; ``labels`` hold the chosen tokens' ids and -100 elsewhere. The
     draws are a hash of (the loader's seed, the epoch, the row or block, the position): a resumed run
-    and any number of processes or workers see the masks of the uninterrupted run (``masking.py``).
+    and any number of processes or workers see the masks of the uninterrupted run (``uniforms`` above).
 
     Args:
         layout: ``hd.Blocks(block_size)`` (``run_mlm.py``'s grouped texts) or ``hd.Padded(...)`` (its ``line_by_line``).
