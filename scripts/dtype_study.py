@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "auto"], default="cpu",
                         help="cpu: every run on the CPU (finetune.py --cpu); auto: the device accelerate picks (a GPU when there is one).")
     parser.add_argument("--variants", default="abcde", help="Which variants to run, e.g. 'bd'.")
+    parser.add_argument("--native_cpu_bf16", action="store_true",
+                        help="(e) on a CPU without bf16 instructions: torch's own bf16 matrix products (about 25x slower there) "
+                             "instead of float32 kernels on the same bf16 values (study_support.Bf16MatmulsOnFloat32Kernels).")
     parser.add_argument("--docs_dir", default=os.path.join("outputs", "dtype_study"),
                         help="Where the report, its JSON and the plots go (docs/ for the committed reports).")
     parser.add_argument("--name", default="dtype_study", help="Base name of the Markdown, JSON and PNG files.")
@@ -112,15 +115,24 @@ def finetune_argv(args: argparse.Namespace, variant: Variant, output_dir: str) -
     return argv
 
 
-def run_variant(argv: list[str], classic: bool) -> dict[str, Any]:
-    """One ``finetune.run`` (in a child process); its metrics without the predictions, with peak memory and the data wait."""
+def run_variant(argv: list[str], classic: bool, bf16_on_float32_kernels: bool = False) -> dict[str, Any]:
+    """One ``finetune.run`` (in a child process); its metrics without the predictions, with peak memory and the data wait.
+
+    ``bf16_on_float32_kernels``: bf16 matrix products computed by float32 kernels (``study_support.Bf16MatmulsOnFloat32Kernels``).
+    """
     os.environ.setdefault("TQDM_DISABLE", "1")
+    import contextlib
+
     import finetune
     import study_support
 
     make_dataloaders = study_support.classic_dataloaders if classic else finetune.get_dataloaders
+    kernels = study_support.Bf16MatmulsOnFloat32Kernels() if bf16_on_float32_kernels else None
     start = time.perf_counter()
-    metrics = finetune.run(finetune.parse_args(argv), make_dataloaders)
+    with kernels or contextlib.nullcontext():
+        metrics = finetune.run(finetune.parse_args(argv), make_dataloaders)
+    if kernels is not None:
+        metrics["bf16_products_on_float32_kernels"] = kernels.calls
     metrics.pop("predictions", None)
     metrics["wall_seconds"] = time.perf_counter() - start
     metrics["peak_rss_bytes"] = study_support.peak_rss_bytes()
@@ -139,8 +151,9 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             continue
         print(f"[dtype_study] ({variant.key}) {variant.title}", flush=True)
         argv = finetune_argv(args, variant, str(work / variant.key))
+        emulate = "bf16" in variant.argv and not _on_gpu(args) and not args.native_cpu_bf16 and not _cpu_has_bf16()
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results[variant.key] = pool.submit(run_variant, argv, variant.classic).result()
+            results[variant.key] = pool.submit(run_variant, argv, variant.classic, emulate).result()
         m = results[variant.key]
         print(f"[dtype_study] ({variant.key}) validation F1 {m['validation']['f1']:.4f}, {m['train_rows_per_s']:.1f} rows/s, "
               f"{m['wall_seconds']:.0f} s", flush=True)
@@ -209,7 +222,10 @@ def findings(results: dict[str, dict[str, Any]], on_gpu: bool = False) -> list[s
             f"validation F1 {e['validation']['f1']:.4f} against {c['validation']['f1']:.4f}"
             + (f", test F1 {e['test']['f1']:.4f} against {c['test']['f1']:.4f}" if "test" in e and "test" in c else "")
             + f"; it trains at {e['train_rows_per_s']:.1f} rows/s against {c['train_rows_per_s']:.1f}"
-            + ("" if on_gpu or _cpu_has_bf16() else " (this CPU has no bf16 instructions, so bf16 matrix products are emulated)")
+            + (" (this CPU has no bf16 instructions, so its bf16 matrix products, "
+               f"{e['bf16_products_on_float32_kernels']:,} of them in training and evaluation, were computed by float32 kernels on the "
+               "bf16 values and rounded to bf16: a bf16 GEMM's numerics up to the order of the sums, at float32 speed)"
+               if e.get("bf16_products_on_float32_kernels") else "")
             + ". That is compute precision, not data dtypes: the data path of (e) is (c)'s."
         )
     if "b" in results and "d" in results:
@@ -312,6 +328,12 @@ def _on_gpu(args: argparse.Namespace) -> bool:
     return getattr(args, "device", "cpu") != "cpu" and torch.cuda.is_available()
 
 
+def _cpu_has_bf16() -> bool:
+    import study_support
+
+    return study_support.cpu_has_bf16()
+
+
 def _where(args: argparse.Namespace) -> str:
     """Where the variants trained: the GPU, or the CPU with its cores and bf16 instructions."""
     import torch
@@ -320,16 +342,6 @@ def _where(args: argparse.Namespace) -> str:
         return f"one process on an {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     return (f"one process on the CPU ({os.cpu_count()} cores, {platform.machine()}, {'with' if _cpu_has_bf16() else 'no'} bf16 "
             f"instructions, torch {torch.__version__})")
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX); Linux only, False elsewhere."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            flags = file.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _command(argv: Sequence[str]) -> str:

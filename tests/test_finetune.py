@@ -9,6 +9,7 @@ several processes) run in CI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -158,6 +159,47 @@ def test_token_weighted_loss_weighs_every_labelled_token_alike():
     rows = Dataset.from_dict({"labels": [[-100, 1, 2, -100], [-100, 0, -100], [-100, 1, 1, 1, -100]]})
     assert finetune.labelled_tokens_per_batch(rows, 4) == 6 / 3 * 4
 
+
+def test_bf16_products_on_float32_kernels_train_like_torchs_own_bf16(tiny_model_dir):
+    """The study's bf16 on a CPU without bf16 instructions: a bf16 GEMM's result up to the order of the sums, forward and
+    backward, so three bf16-autocast steps land far closer to torch's own bf16 kernels than float32 does."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    torch.manual_seed(0)
+    base = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=5)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(1000, 2000, (8, 16), generator=generator), torch.randint(0, 5, (8, 16), generator=generator))
+               for _ in range(3)]
+
+    def losses(autocast: bool, kernels: study_support.Bf16MatmulsOnFloat32Kernels | None = None) -> torch.Tensor:
+        model, out = copy.deepcopy(base), []
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+        model.eval()  # no dropout: the three runs differ by their arithmetic alone
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for input_ids, labels in batches:
+            with kernels or contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(input_ids=input_ids, labels=labels).loss
+            with kernels or contextlib.nullcontext():
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            out.append(loss.item())
+        return torch.tensor(out, dtype=torch.float64)
+
+    kernels = study_support.Bf16MatmulsOnFloat32Kernels()
+    native, emulated, float32 = losses(True), losses(True, kernels), losses(False)
+    assert kernels.calls >= 3 * 2 * 13  # forward and backward products of every step, not the forward alone
+    assert (emulated - native).abs().max() < (float32 - native).abs().max() / 4
+
+    a = torch.randn(64, 48, generator=generator).bfloat16()
+    b = torch.randn(48, 40, generator=generator).bfloat16()
+    with study_support.Bf16MatmulsOnFloat32Kernels():
+        product = a @ b
+    assert product.dtype == torch.bfloat16 and torch.equal(product, (a.float() @ b.float()).bfloat16())
+    assert torch.allclose(product.float(), (a @ b).float(), rtol=2**-7, atol=1e-2)
 
 def test_from_scratch_keeps_the_architecture_and_draws_new_weights(tiny_model_dir, ner_files, tmp_path):
     """--from_scratch: the model of the folder's config, seeded random weights (the baseline of what pretraining gives)."""
