@@ -69,14 +69,23 @@ class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
         """The rows of one step over every process (``accelerate``'s name; ``gather_for_metrics`` counts with it)."""
         return self.batch_sampler.batch_size * process_rank()[1]
 
+    def _batches(self) -> Iterator[Batch]:
+        """The batches of one pass. With no workers and nothing to pin, torch's single-process iterator comes down to
+        ``collate_fn(dataset.__getitems__(indices))`` per batch sampler entry: that loop, without the iterator's per-batch
+        bookkeeping (a profiler range, index and fetcher calls: about as long as making a small batch)."""
+        if self.num_workers or (self.pin_memory and torch.accelerator.is_available()):
+            return super().__iter__()
+        fetcher, as_batch = cast("BatchFetcher | BlockFetcher", self.dataset), cast("AsBatch", self.collate_fn)
+        return (as_batch(fetcher.__getitems__(indices)) for indices in self.batch_sampler)
+
     # torch types DataLoader.__iter__ as returning its own iterator class; a generator serves the same protocol
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         device = accelerate_device()
         if device is None:  # no accelerate: batches as the fetcher makes them
-            yield from super().__iter__()
+            yield from self._batches()
             return
         self.begin()
-        batches = super().__iter__()
+        batches = self._batches()
         current = next(batches, None)
         while current is not None:  # one batch ahead, to say end_of_dataloader with the last (as DataLoaderShard does)
             following = next(batches, None)
