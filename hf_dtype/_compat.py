@@ -1,4 +1,4 @@
-"""Every touch of a private name of ``datasets``, ``accelerate`` or ``transformers``, in one place.
+"""Every touch of a private name of ``datasets``, ``accelerate`` or ``transformers``, and of torch's loader internals, in one place.
 
 Each helper names what it reads and the versions it was checked on (datasets 5.2, accelerate
 1.13, transformers 5.24, torch 2.13); ``tests/test_compat.py`` fails loudly, naming the helper,
@@ -15,8 +15,8 @@ import pyarrow as pa
 import torch
 
 __all__ = [
-    "SelfPrepared", "accelerate_device", "accelerate_is_set_up", "accelerate_loaders", "indices_mapping", "process_rank",
-    "register_formatter", "signature_columns", "stream_split", "temporary_cache_dir",
+    "SelfPrepared", "accelerate_device", "accelerate_is_set_up", "accelerate_loaders", "indices_mapping", "lean_batches",
+    "process_rank", "register_formatter", "signature_columns", "stream_split", "temporary_cache_dir",
 ]
 
 
@@ -30,6 +30,19 @@ class SelfPrepared:
 
     _is_accelerate_prepared = True
     use_stateful_dataloader = True
+
+
+def lean_batches(loader: Any) -> Iterator[Any] | None:
+    """One pass of ``loader`` as torch's single-process iterator makes it (``_SingleProcessDataLoaderIter`` and its
+    fetchers, torch 2.13), without its per-batch bookkeeping (a profiler range, index and fetcher calls), which takes as
+    long as making a small batch: ``collate_fn(dataset.__getitems__(indices))`` per batch of the batch sampler, or
+    ``collate_fn(item)`` per item of an iterable dataset served with ``batch_size=None``. None where torch's iterator
+    does more: workers, or memory to pin."""
+    if loader.num_workers or (loader.pin_memory and torch.accelerator.is_available()):
+        return None
+    if loader.batch_sampler is None:
+        return (loader.collate_fn(item) for item in loader.dataset)
+    return (loader.collate_fn(loader.dataset.__getitems__(indices)) for indices in loader.batch_sampler)
 
 
 def accelerate_is_set_up() -> bool:

@@ -31,7 +31,7 @@ from accelerate.state import GradientState
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 
-from ._compat import SelfPrepared, accelerate_device, process_rank
+from ._compat import SelfPrepared, accelerate_device, lean_batches, process_rank
 from .batching import WIDEN_MODES
 from .convert import Batch
 from .fetch import BatchFetcher, BlockFetcher, EpochBatchSampler, EpochSampler
@@ -69,23 +69,14 @@ class ArrowDataLoader(SelfPrepared, DataLoaderStateMixin, DataLoader):
         """The rows of one step over every process (``accelerate``'s name; ``gather_for_metrics`` counts with it)."""
         return self.batch_sampler.batch_size * process_rank()[1]
 
-    def _batches(self) -> Iterator[Batch]:
-        """The batches of one pass. With no workers and nothing to pin, torch's single-process iterator comes down to
-        ``collate_fn(dataset.__getitems__(indices))`` per batch sampler entry: that loop, without the iterator's per-batch
-        bookkeeping (a profiler range, index and fetcher calls: about as long as making a small batch)."""
-        if self.num_workers or (self.pin_memory and torch.accelerator.is_available()):
-            return super().__iter__()
-        fetcher, as_batch = cast("BatchFetcher | BlockFetcher", self.dataset), cast("AsBatch", self.collate_fn)
-        return (as_batch(fetcher.__getitems__(indices)) for indices in self.batch_sampler)
-
     # torch types DataLoader.__iter__ as returning its own iterator class; a generator serves the same protocol
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         device = accelerate_device()
         if device is None:  # no accelerate: batches as the fetcher makes them
-            yield from self._batches()
+            yield from lean_batches(self) or super().__iter__()
             return
         self.begin()
-        batches = self._batches()
+        batches = lean_batches(self) or super().__iter__()
         current = next(batches, None)
         while current is not None:  # one batch ahead, to say end_of_dataloader with the last (as DataLoaderShard does)
             following = next(batches, None)

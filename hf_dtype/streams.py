@@ -30,7 +30,7 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
-from ._compat import SelfPrepared, accelerate_device, process_rank, stream_split
+from ._compat import SelfPrepared, accelerate_device, lean_batches, process_rank, stream_split
 from .layouts import Blocks, Layout
 from .packing import BlockIndex
 from .ragged import RowNames, Rows, offsets_of, positions_in_rows, rows_of_table
@@ -181,7 +181,7 @@ class StreamDataLoader(SelfPrepared, DataLoader):
     # torch types DataLoader.__iter__ as returning its own iterator class; a generator serves the same protocol
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         device = accelerate_device()
-        for batch in super().__iter__():
+        for batch in lean_batches(self) or super().__iter__():
             if device is not None and self.widen_on_device:
                 batch.to(device, non_blocking=self.pin_memory)
             elif device is not None and device.type != "cpu":

@@ -311,22 +311,6 @@ def test_getitem_is_one_unpadded_row(compacted):
     assert len(fetcher) == NUM_ROWS
 
 
-@pytest.mark.parametrize("layout", [hd.Padded(), hd.Flat(), hd.Blocks(8)])
-def test_single_process_loop_serves_torchs_iterator_batches(compacted, layout):
-    """Without workers the loader skips torch's iterator bookkeeping: the same batches, epoch after epoch."""
-    from torch.utils.data import DataLoader
-
-    columns = None if isinstance(layout, hd.Padded) else ["input_ids"]
-    ours, torchs = (hd.dataloader(compacted, 4, layout=layout, columns=columns, shuffle=True, seed=3) for _ in range(2))
-    for _ in range(2):
-        mine, theirs = list(ours), list(DataLoader.__iter__(torchs))
-        assert len(mine) == len(theirs) == len(ours)
-        for a, b in zip(mine, theirs, strict=True):
-            assert type(a) is type(b) and a.plan == b.plan is not None
-            _assert_batches_equal(a, b)
-    assert ours.state_dict() == torchs.state_dict()
-
-
 # --- order: every row once, on every layout -----------------------------------------------------
 
 

@@ -99,3 +99,28 @@ def test_no_other_module_reaches_a_private_name_of_another_library(module):
     for name in ("_shared_state", "dataloader_references", "._distributed", "._indices", "_TEMP_DIR_FOR_TEMP_CACHE_FILES",
                  "_register_formatter", "_signature_columns", "_is_accelerate_prepared", "_reset_state"):
         assert name not in text, f"{module}.py reaches {name}: route it through hf_dtype/_compat.py"
+
+
+@pytest.mark.parametrize("layout", [hd.Padded(), hd.Flat(), hd.Blocks(4), "stream"])
+def test_lean_batches_are_the_batches_of_torchs_single_process_iterator(layout):
+    """Without workers both loaders skip torch's per-batch bookkeeping: the same batches, pass after pass, and the same state."""
+    from torch.utils.data import DataLoader
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[i + 1] * (1 + i % 5) for i in range(22)], "idx": list(range(22))})
+    data = hd.compact(rows)
+    if layout == "stream":
+        options: dict = {"shuffle": True, "buffer_size": 8}
+        ours, torchs = (hd.dataloader(data.to_iterable_dataset(num_shards=2), 4, **options) for _ in range(2))
+    else:
+        ours, torchs = (hd.dataloader(data, 4, layout=layout, columns=["input_ids"], shuffle=True, seed=3) for _ in range(2))
+    assert _compat.lean_batches(ours) is not None
+    for epoch in range(2):
+        ours.set_epoch(epoch)
+        torchs.set_epoch(epoch)
+        mine, theirs = list(ours), list(DataLoader.__iter__(torchs))
+        assert len(mine) == len(theirs) > 1
+        for a, b in zip(mine, theirs, strict=True):
+            assert type(a) is type(b) and a.plan == b.plan is not None and list(a) == list(b)
+            assert all(torch.equal(a[name], b[name]) and a[name].dtype == b[name].dtype for name in a)
+    assert ours.state_dict() == torchs.state_dict()
+    assert _compat.lean_batches(hd.dataloader(data, 4, num_workers=1)) is None
