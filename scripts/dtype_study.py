@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="cpu: every run on the CPU (finetune.py --cpu); auto: the device accelerate picks (a GPU when there is one).")
     parser.add_argument("--variants", default="abcde", help="Which variants to run, e.g. 'bd'.")
     parser.add_argument("--native_cpu_bf16", action="store_true",
-                        help="(e) on a CPU without bf16 instructions: torch's own bf16 matrix products (about 25x slower there) "
+                        help="(e) on a CPU without bf16 instructions: torch's own bf16 matrix products (a step 20-30x as long there) "
                              "instead of float32 kernels on the same bf16 values (study_support.Bf16MatmulsOnFloat32Kernels).")
     parser.add_argument("--docs_dir", default=os.path.join("outputs", "dtype_study"),
                         help="Where the report, its JSON and the plots go (docs/ for the committed reports).")

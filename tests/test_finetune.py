@@ -176,7 +176,6 @@ def test_bf16_products_on_float32_kernels_train_like_torchs_own_bf16(tiny_model_
 
     def losses(autocast: bool, kernels: study_support.Bf16MatmulsOnFloat32Kernels | None = None) -> torch.Tensor:
         model, out = copy.deepcopy(base), []
-        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
         model.eval()  # no dropout: the three runs differ by their arithmetic alone
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for input_ids, labels in batches:
