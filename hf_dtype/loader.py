@@ -34,11 +34,12 @@ from torch.utils.data import DataLoader
 from ._compat import SelfPrepared, accelerate_device, lean_batches, process_rank
 from .batching import WIDEN_MODES
 from .convert import Batch
-from .fetch import BatchFetcher, BlockFetcher, EpochBatchSampler, EpochSampler
+from .fetch import BatchFetcher, BlockFetcher
 from .layouts import Blocks, Layout, Padded, check_count
 from .masking import MaskedLM
 from .plan import DtypePlan
 from .recording import require_plan
+from .sampling import EpochBatchSampler, EpochSampler
 from .streams import StreamBatches, StreamDataLoader, split_stream
 
 __all__ = ["ArrowDataLoader", "AsBatch", "dataloader"]

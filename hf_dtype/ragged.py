@@ -24,7 +24,7 @@ from .dtypes import canonical_dtype, to_torch
 
 __all__ = [
     "ArrowColumn", "RowNames", "Rows", "arrow_leaf_dtype", "flatten_leaf", "is_list_type", "leaf_row", "offsets_of", "positions_in_rows",
-    "row_lengths", "rows_of_table", "rows_of_values", "with_leaf_type",
+    "row_lengths", "rows_of_table", "rows_of_values",
 ]
 
 
@@ -63,17 +63,6 @@ def list_depth(arrow_type: pa.DataType) -> int:
     while is_list_type(arrow_type):
         arrow_type, depth = arrow_type.value_type, depth + 1
     return depth
-
-
-def with_leaf_type(arrow_type: pa.DataType, leaf: pa.DataType) -> pa.DataType:
-    """``arrow_type`` with its innermost value type replaced by ``leaf``, list kinds kept."""
-    if pa.types.is_list(arrow_type):
-        return pa.list_(with_leaf_type(arrow_type.value_type, leaf))
-    if pa.types.is_large_list(arrow_type):
-        return pa.large_list(with_leaf_type(arrow_type.value_type, leaf))
-    if pa.types.is_fixed_size_list(arrow_type):
-        return pa.list_(with_leaf_type(arrow_type.value_type, leaf), arrow_type.list_size)
-    return leaf
 
 
 def flatten_leaf(array: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, list[np.ndarray]]:

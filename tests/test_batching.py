@@ -401,7 +401,7 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(compacted):
 def test_epoch_batch_sampler_yields_what_batch_sampler_yields(drop_last):
     from torch.utils.data import BatchSampler
 
-    from hf_dtype.fetch import EpochBatchSampler, EpochSampler
+    from hf_dtype.sampling import EpochBatchSampler, EpochSampler
 
     ours = EpochBatchSampler(EpochSampler(23, shuffle=True, seed=2), 5, drop_last)
     reference = BatchSampler(EpochSampler(23, shuffle=True, seed=2), 5, drop_last)

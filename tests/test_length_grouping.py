@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForSequenceClassification, TrainingArgu
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 import hf_dtype as hd
-from hf_dtype.fetch import length_grouped
+from hf_dtype.sampling import length_grouped
 
 LENGTHS = np.random.default_rng(0).integers(1, 90, 403)
 
