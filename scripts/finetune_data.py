@@ -1,12 +1,13 @@
 """Data for ``finetune.py``: load and check the raw splits, build the label list, tokenize.
 
 Everything here runs before training and fails with one clear line (``InputError``) on bad input:
-a missing file, a column that does not exist, a label outside the label list, an empty split.
-The loaders (the data paths) are in ``finetune.py``.
+a missing file, a column that does not exist, a label outside the label list, an empty split, a row
+longer than the model's positions. The loaders (the data paths) are made in ``finetune.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,19 +19,28 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, AutoTokenizer
+
+import hf_dtype as hd
 
 __all__ = [
     "CONLL_LABELS",
     "DEFAULT_DATA_DIR",
+    "EVAL_SPLITS",
+    "Dataloaders",
     "InputError",
+    "PreparedData",
     "LabelSpace",
     "check_columns",
     "data_columns",
     "label_space",
     "leaf_feature",
     "load_raw_datasets",
+    "prepare_data",
     "tokenize_datasets",
     "unknown_token_share",
+    "unknown_warning",
 ]
 
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -40,6 +50,8 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "
 """The committed CoNLL-2003 sample that ``finetune.py`` trains on when no data is given."""
 
 SPLITS = ("train", "validation", "test")
+EVAL_SPLITS = ("validation", "test")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 UNKNOWN_WARNING_SHARE = 0.2
 """The share of [UNK] among the train tokens above which ``finetune.py`` warns that the model's vocabulary misses the text."""
@@ -304,3 +316,88 @@ def unknown_token_share(dataset: Dataset, tokenizer: Any) -> float | None:
     ids = pc.list_flatten(dataset.data.column("input_ids")).to_numpy()
     made = ids[~np.isin(ids, [i for i in tokenizer.all_special_ids if i != unknown])]
     return float((made == unknown).mean()) if len(made) else None
+
+
+# --------------------------------------------------------------------------------------------- the whole preparation
+
+
+@dataclass
+class PreparedData:
+    """The tokenized splits and what was learnt while making them."""
+
+    tokenized: DatasetDict
+    labels: LabelSpace
+    tokenizer: Any
+    unknown_share: float | None = None  # the share of [UNK] among the tokens of the first split (train when training)
+
+
+def load_tokenizer(path: str) -> Any:
+    """The model's tokenizer; a path that is not a model fails here, before any data work."""
+    expected = "expected a folder with config.json, weights and a tokenizer (as save_pretrained writes) or a Hub model id"
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in WEIGHT_FILES):
+        raise InputError(f"--model_name_or_path {path!r} is not a model: it holds no weights ({', '.join(WEIGHT_FILES)}); {expected}.")
+    try:
+        AutoConfig.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"--model_name_or_path {path!r} is not a model ({reason}); {expected}.") from None
+
+
+def prepare_data(args: argparse.Namespace) -> PreparedData:
+    """Load, check and tokenize the data (``finetune_data.py``); every check of the input runs here, before training."""
+    tokenizer = load_tokenizer(args.model_name_or_path)
+    raw = load_raw_datasets(args)
+    if args.eval_only:
+        raw = DatasetDict({split: part for split, part in raw.items() if split != "train"})
+        if not raw:
+            raise InputError("--eval_only needs a validation or test split; only a train split was given.")
+    elif "train" not in raw:
+        raise InputError(f"Training needs a train split; the data has {sorted(raw)} (give --train_file, or --eval_only).")
+    text, pair, label = data_columns(args, raw)
+    check_columns(raw, (text, pair, label))
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    model_label2id = getattr(config, "label2id", None)
+    labels = label_space(raw, label, sequence=args.task == "ner", model_label2id=model_label2id)
+    tokenized = tokenize_datasets(raw, tokenizer, labels, task=args.task, text_column=text, pair_column=pair, label_column=label,
+                                  max_length=args.max_length, label_all_tokens=args.label_all_tokens)
+    check_positions(args, tokenized, getattr(config, "max_position_embeddings", None))
+    return PreparedData(tokenized, labels, tokenizer, unknown_token_share(next(iter(tokenized.values())), tokenizer))
+
+
+def check_positions(args: argparse.Namespace, tokenized: DatasetDict, positions: int | None) -> None:
+    """Every tokenized row fits the model's positions: a longer one would fail inside the model's embeddings, mid-run."""
+    if positions is None:
+        return
+    for split, dataset in tokenized.items():
+        longest = max(len(ids) for ids in dataset["input_ids"]) if len(dataset) else 0
+        if longest > positions:
+            raise InputError(f"The {split} split has rows of {longest} tokens, longer than the {positions} positions of "
+                             f"{args.model_name_or_path} (max_position_embeddings); expected --max_length {positions} or less.")
+
+
+def unknown_warning(args: argparse.Namespace, data: PreparedData) -> str | None:
+    """One line when more than ``UNKNOWN_WARNING_SHARE`` of the tokens are [UNK]: the model sees one token for all of them,
+    as MiniLM's English vocabulary sees most Chinese characters."""
+    if data.unknown_share is None or data.unknown_share <= UNKNOWN_WARNING_SHARE:
+        return None
+    split = next(iter(data.tokenized))
+    return (f"warning: {data.unknown_share:.1%} of the {split} tokens are {data.tokenizer.unk_token} (unknown to the tokenizer of "
+            f"{args.model_name_or_path}), so the model cannot tell them apart; fine-tune a model whose vocabulary covers the text, "
+            "e.g. one pretrained on it with scripts/pretrain.py --objective mlm.")
+
+
+@dataclass
+class Dataloaders:
+    """The loaders of one data path, and how its batches become the model's inputs."""
+
+    train: DataLoader | None
+    eval: dict[str, DataLoader]
+    train_bytes: int | None  # Arrow bytes of the train split as this path stores it
+    plan: hd.DtypePlan | None = None
+    widen_on_device: bool = False
+
+    def widen(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The batch in the model's dtypes: ``plan.widen`` for batches served in storage dtypes, else as is."""
+        return self.plan.widen(batch) if self.widen_on_device else batch
+
