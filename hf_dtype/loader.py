@@ -1,8 +1,8 @@
 """``dataloader``: a ``torch.utils.data.DataLoader`` of batches gathered straight from the Arrow buffers.
 
 Its shape is the one ``accelerate`` shards (accelerate issue 2392): a ``BatchSampler``
-(``EpochBatchSampler``) over an ``EpochSampler`` picks the row (or block) indices, the fetcher's
-``__getitems__`` makes the whole batch from them (both in ``fetch.py``: padded, flat or blocks), and
+(``EpochBatchSampler``) over an ``EpochSampler`` picks the row (or block) indices (``sampling.py``), the
+fetcher's ``__getitems__`` makes the whole batch from them (``fetch.py``: padded, flat or blocks), and
 the ``collate_fn`` passes it through. With no workers a pass is that loop itself (``_compat.lean_batches``).
 
 The loader is prepared for ``accelerate`` by itself, as ``accelerate``'s own ``DataLoaderShard``
