@@ -27,11 +27,11 @@ import hf_dtype as hd
 __all__ = [
     "CONLL_LABELS",
     "DEFAULT_DATA_DIR",
-    "EVAL_SPLITS",
     "Dataloaders",
+    "EVAL_SPLITS",
     "InputError",
-    "PreparedData",
     "LabelSpace",
+    "PreparedData",
     "check_columns",
     "data_columns",
     "label_space",
@@ -345,7 +345,7 @@ def load_tokenizer(path: str) -> Any:
 
 
 def prepare_data(args: argparse.Namespace) -> PreparedData:
-    """Load, check and tokenize the data (``finetune_data.py``); every check of the input runs here, before training."""
+    """Load, check and tokenize the data; every check of the input runs here, before training."""
     tokenizer = load_tokenizer(args.model_name_or_path)
     raw = load_raw_datasets(args)
     if args.eval_only:
